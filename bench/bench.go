@@ -1,0 +1,85 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/vclq/vclq/internal/natsembed"
+	"github.com/vclq/vclq/streams"
+)
+
+// Suite is one measurement: it writes a Markdown section (starting with "## ") to w.
+type Suite struct {
+	Name string
+	Run  func(ctx context.Context, w io.Writer) error
+}
+
+// Suites lists every suite in the order BENCHMARKS.md shows them. Add a suite here.
+func Suites() []Suite {
+	return []Suite{
+		{Name: "queue", Run: Queue},
+		{Name: "esx", Run: ESX},
+		{Name: "flows", Run: Flows},
+		{Name: "bridge", Run: Bridge},
+	}
+}
+
+// Header is the top of BENCHMARKS.md: how it was produced and on what.
+func Header(w io.Writer, command string) {
+	fmt.Fprintf(w, "# vclq benchmarks\n\nProduced by `%s` on %s (%s/%s, %d CPUs, %s).\n"+
+		"The machine is shared and noisy: compare the ratios within one run, not absolute numbers across runs.\n\n",
+		command, time.Now().UTC().Format(time.RFC3339), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
+}
+
+// jetStream is an embedded nats-server with vclq's streams, and a connection to it,
+// for one suite.
+type jetStream struct {
+	server *natsembed.Server
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	dir    string
+}
+
+// startJetStream starts a server in a new temporary directory and ensures the streams
+// with o. close stops everything and removes the directory.
+func startJetStream(ctx context.Context, name string, o streams.Options) (*jetStream, error) {
+	dir, err := os.MkdirTemp("", "vclq-bench-"+name+"-")
+	if err != nil {
+		return nil, err
+	}
+	j := &jetStream{dir: dir}
+	if j.server, err = natsembed.Start(natsembed.Options{StoreDir: dir}); err != nil {
+		j.close()
+		return nil, err
+	}
+	if j.nc, err = nats.Connect(j.server.URL()); err != nil {
+		j.close()
+		return nil, err
+	}
+	if j.js, err = jetstream.New(j.nc); err != nil {
+		j.close()
+		return nil, err
+	}
+	if err := streams.Ensure(ctx, j.js, o); err != nil {
+		j.close()
+		return nil, err
+	}
+	return j, nil
+}
+
+func (j *jetStream) close() {
+	if j.nc != nil {
+		j.nc.Close()
+	}
+	if j.server != nil {
+		j.server.Stop()
+	}
+	_ = os.RemoveAll(j.dir)
+}

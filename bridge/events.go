@@ -1,0 +1,483 @@
+package bridge
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/vclq/vclq/internal/wait"
+	"github.com/vclq/vclq/messages"
+)
+
+// ConsumerConfig is the bridge's durable pull consumer on VCL_EVENTS: every loadlog
+// and result event, explicit acks, redelivered without limit (an event is only acked
+// once it is in the database, so a long database outage must not exhaust deliveries).
+// MaxAckPending is 1: one event is out at a time across all bridges sharing the
+// consumer, so events reach the database in stream order (VCL's web progress view reads
+// the computerloadlog rows of a reservation in order), also after a crash or a database
+// failure (the unacknowledged event comes back first, after ackWait or the retry
+// delay). ackWait <= 0 means 30s.
+func ConsumerConfig(ackWait time.Duration) jetstream.ConsumerConfig {
+	if ackWait <= 0 {
+		ackWait = 30 * time.Second
+	}
+	return jetstream.ConsumerConfig{
+		Durable:       messages.ConsumerBridge,
+		Description:   "vclq bridge: loadlog and result events into the VCL database, in order",
+		FilterSubject: messages.SubjectEventsAll,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxDeliver:    -1,
+		MaxAckPending: 1,
+		MaxWaiting:    64,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		ReplayPolicy:  jetstream.ReplayInstantPolicy,
+	}
+}
+
+// EnsureConsumer creates or updates the bridge's consumer.
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, ackWait time.Duration) (jetstream.Consumer, error) {
+	c, err := js.CreateOrUpdateConsumer(ctx, messages.StreamEvents, ConsumerConfig(ackWait))
+	if err != nil {
+		return nil, fmt.Errorf("ensure consumer %s on %s: %w", messages.ConsumerBridge, messages.StreamEvents, err)
+	}
+	return c, nil
+}
+
+func (b *Bridge) eventLoop(ctx context.Context) error {
+	bo := backoff{min: 500 * time.Millisecond, max: b.cfg.MaxBackoff}
+	var cons jetstream.Consumer
+	for ctx.Err() == nil {
+		if cons == nil {
+			c, err := EnsureConsumer(ctx, b.js, b.cfg.EventAckWait)
+			if err != nil {
+				d := bo.next()
+				b.log.Warn().Err(err).Dur("retry_in", d).Msg("bridge event consumer unavailable")
+				_ = wait.Sleep(ctx, d)
+				continue
+			}
+			cons = c
+		}
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(b.cfg.FetchWait))
+		if err != nil {
+			cons = nil
+			d := bo.next()
+			b.log.Warn().Err(err).Dur("retry_in", d).Msg("bridge event fetch failed")
+			_ = wait.Sleep(ctx, d)
+			continue
+		}
+		var msgs []jetstream.Msg
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil && len(msgs) == 0 {
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+				cons = nil
+			}
+			d := bo.next()
+			b.log.Warn().Err(err).Dur("retry_in", d).Msg("bridge event fetch failed")
+			_ = wait.Sleep(ctx, d)
+			continue
+		}
+		if len(msgs) == 0 {
+			continue
+		}
+		err = b.applyBatch(ctx, msgs)
+		switch {
+		case errors.As(err, new(errCrash)):
+			return err
+		case err != nil && ctx.Err() != nil:
+			return nil
+		case err != nil:
+			d := bo.next()
+			b.log.Warn().Err(err).Int("events", len(msgs)).Dur("retry_in", d).Msg("bridge could not apply events; they will be redelivered")
+			for _, m := range msgs {
+				_ = m.NakWithDelay(d)
+			}
+			_ = wait.Sleep(ctx, d)
+		default:
+			bo.reset()
+		}
+	}
+	return nil
+}
+
+// event is one fetched event, decoded.
+type event struct {
+	msg     jetstream.Msg
+	seq     uint64
+	loadlog *messages.Loadlog
+	result  *messages.Result
+	bad     error // can never apply: terminated
+	after   func()
+}
+
+func decodeEvent(m jetstream.Msg) *event {
+	e := &event{msg: m}
+	if meta, err := m.Metadata(); err == nil {
+		e.seq = meta.Sequence.Stream
+	}
+	subj := m.Subject()
+	switch {
+	case strings.HasPrefix(subj, messages.SubjectLoadlogPrefix):
+		e.loadlog, e.bad = decodeLoadlog(m.Data())
+	case strings.HasPrefix(subj, messages.SubjectResultPrefix):
+		e.result, e.bad = messages.DecodeResult(m.Data())
+	default:
+		e.bad = fmt.Errorf("%w: subject %s is not an event subject", messages.ErrInvalid, subj)
+	}
+	return e
+}
+
+// applyBatch applies fetched events (one, with MaxAckPending 1) in stream order in one
+// transaction, each with its id in vclq_applied, then acks them. An event that can
+// never apply (invalid, or refused by the site's schema) is rolled back to its
+// savepoint, logged and terminated (it stays in the stream). Any other failure rolls
+// the whole batch back and is returned: the caller hands the batch back for
+// redelivery.
+func (b *Bridge) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
+	events := make([]*event, len(msgs))
+	for i, m := range msgs {
+		events[i] = decodeEvent(m)
+	}
+	tx, err := b.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("apply events: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // no-op after Commit
+	for _, e := range events {
+		if e.bad != nil {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, "SAVEPOINT vclq_event"); err != nil {
+			return fmt.Errorf("apply events: %w", err)
+		}
+		if e.loadlog != nil {
+			err = b.applyLoadlog(ctx, tx, e)
+		} else {
+			err = b.applyResult(ctx, tx, e)
+		}
+		if permanentDBError(err) {
+			if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT vclq_event"); rerr != nil {
+				return fmt.Errorf("apply events: %w", rerr)
+			}
+			e.bad, e.after = err, nil
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("apply events: commit: %w", err)
+	}
+	if err := b.at(pointApplied); err != nil {
+		return err
+	}
+	for _, e := range events {
+		if e.bad != nil {
+			b.log.Error().Err(e.bad).Str("subject", e.msg.Subject()).Uint64("stream_seq", e.seq).Msg("event cannot be applied; terminated (it stays in the stream)")
+			_ = e.msg.TermWithReason(messages.CleanText(e.bad.Error(), 200))
+			continue
+		}
+		if e.after != nil {
+			e.after()
+		}
+		// A confirmed ack: the server has freed the consumer's one pending slot before
+		// the next fetch asks for it.
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := e.msg.DoubleAck(actx); err != nil {
+			// Applied already: a redelivery finds it in vclq_applied.
+			b.log.Debug().Err(err).Uint64("stream_seq", e.seq).Msg("ack failed")
+		}
+		cancel()
+	}
+	return nil
+}
+
+// permanentDBError reports database errors a retry cannot fix (bad data, a foreign key
+// the site's schema enforces).
+func permanentDBError(err error) bool {
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) {
+		return false
+	}
+	switch me.Number {
+	case 1048, 1062, 1264, 1265, 1292, 1366, 1406, 1451, 1452:
+		return true
+	}
+	return false
+}
+
+// decodeLoadlog decodes strictly; an event whose only fault is a loadstate name
+// vclq does not know is kept as an info event with the name in its text.
+func decodeLoadlog(data []byte) (*messages.Loadlog, error) {
+	l, err := messages.DecodeLoadlog(data)
+	if err == nil {
+		return l, nil
+	}
+	var loose messages.Loadlog
+	if json.Unmarshal(data, &loose) != nil || messages.ValidLoadstateName(loose.Name) || loose.Name == "" {
+		return nil, err
+	}
+	loose.Info = messages.CleanText(messages.CleanText(loose.Name, 64)+": "+loose.Info, messages.MaxInfoLen)
+	loose.Name = messages.LoadInfo
+	if loose.Validate() != nil {
+		return nil, err
+	}
+	return &loose, nil
+}
+
+// record inserts the event id into vclq_applied; false when it was applied before.
+func record(ctx context.Context, tx *sql.Tx, id string, seq uint64, reservation int64) (bool, error) {
+	res, err := tx.ExecContext(ctx, "INSERT IGNORE INTO vclq_applied (event_id, stream_seq, reservation_id, applied) VALUES (?, ?, ?, NOW())", id, seq, reservation)
+	if err != nil {
+		return false, fmt.Errorf("record event %s: %w", id, err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// applyLoadlog writes a computerloadlog row for a begin or info event (end and fail
+// events write none: VCL writes a row when a step starts; a failure reaches the
+// database with the result).
+func (b *Bridge) applyLoadlog(ctx context.Context, tx *sql.Tx, e *event) error {
+	l := e.loadlog
+	if l.Phase != messages.PhaseBegin && l.Phase != messages.PhaseInfo {
+		return nil
+	}
+	if fresh, err := record(ctx, tx, l.MsgID(), e.seq, l.ReservationID); err != nil || !fresh {
+		return err
+	}
+	var computer int64
+	err := tx.QueryRowContext(ctx, "SELECT computerid FROM reservation WHERE id = ?", l.ReservationID).Scan(&computer)
+	if errors.Is(err, sql.ErrNoRows) {
+		b.log.Warn().Int64("reservation", l.ReservationID).Str("step", l.Name).Msg("loadlog event for a reservation that no longer exists: recorded, not written")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reservation %d: loadlog: %w", l.ReservationID, err)
+	}
+	return b.insertLoadlog(ctx, tx, l.ReservationID, computer, l.Name, l.Time.Unix(), l.Info)
+}
+
+// applyResult applies VCL's state_exit for a result: the request pending/X → <next>/X,
+// the computer's state (and current image after a load), image size and revision after
+// a capture, reservation passwords, a failed row with the error, the exited row, and a
+// reload request when the computer goes to reload.
+func (b *Bridge) applyResult(ctx context.Context, tx *sql.Tx, e *event) error {
+	r := e.result
+	log := b.log.With().Int64("reservation", r.ReservationID).Str("kind", string(r.Kind)).Str("outcome", string(r.Outcome)).Logger()
+	if fresh, err := record(ctx, tx, r.MsgID(), e.seq, r.ReservationID); err != nil || !fresh {
+		return err
+	}
+	if r.ReservationID == 0 {
+		log.Error().Str("error", r.Error).Msg("rejected request without a reservation id: nothing to apply")
+		return nil
+	}
+	var (
+		requestID, computerID, imageID, revID, mn, userID int64
+		stateID, lastID                                   int
+	)
+	err := tx.QueryRowContext(ctx, `SELECT rs.requestid, rs.computerid, rs.imageid, rs.imagerevisionid, rs.managementnodeid, r.userid, r.stateid, r.laststateid
+FROM reservation rs JOIN request r ON r.id = rs.requestid WHERE rs.id = ? FOR UPDATE`, r.ReservationID).
+		Scan(&requestID, &computerID, &imageID, &revID, &mn, &userID, &stateID, &lastID)
+	if errors.Is(err, sql.ErrNoRows) {
+		log.Warn().Msg("result for a reservation that no longer exists: recorded, not applied")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reservation %d: result: %w", r.ReservationID, err)
+	}
+	kind := r.Kind
+	if kind == "" {
+		kind, _ = KindForState(b.states.name[lastID])
+	}
+	if b.states.name[stateID] != messages.StatePending || !slices.Contains(kindStates[kind], b.states.name[lastID]) {
+		log.Warn().Str("request_state", b.states.name[stateID]+"/"+b.states.name[lastID]).
+			Msg("stale result: the request is no longer pending for this kind; recorded, not applied")
+		return nil
+	}
+
+	reqState := r.RequestState
+	if reqState == "" || r.Outcome == messages.OutcomeRejected && reqState == messages.StatePending {
+		reqState = messages.StateFailed
+	}
+	reqStateID, ok := b.states.id[reqState]
+	if !ok || reqState == messages.StatePending {
+		reqState, reqStateID = messages.StateFailed, b.states.id[messages.StateFailed]
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE request SET stateid = ? WHERE id = ? AND stateid = ?",
+		reqStateID, requestID, b.states.id[messages.StatePending]); err != nil {
+		return fmt.Errorf("reservation %d: request state: %w", r.ReservationID, err)
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE reservation SET lastcheck = NOW() WHERE id = ?", r.ReservationID); err != nil {
+		return fmt.Errorf("reservation %d: lastcheck: %w", r.ReservationID, err)
+	}
+	success := r.Outcome == messages.OutcomeSuccess
+	if cs, ok := b.states.id[r.ComputerState]; ok && r.ComputerState != messages.StatePending {
+		q, args := "UPDATE computer SET stateid = ?", []any{cs}
+		// A reclaim reloads the slot in place when it cannot sanitise it (possibly with
+		// the computer's next image): it reports what the slot carries, as loads do.
+		if success && (kind == messages.KindNew || kind == messages.KindReload || kind == messages.KindReclaim) && r.ImageID > 0 && r.ImageRevisionID > 0 {
+			q += ", currentimageid = ?, imagerevisionid = ?"
+			args = append(args, r.ImageID, r.ImageRevisionID)
+		}
+		if _, err := tx.ExecContext(ctx, q+" WHERE id = ?", append(args, computerID)...); err != nil {
+			return fmt.Errorf("reservation %d: computer %d state: %w", r.ReservationID, computerID, err)
+		}
+	} else if r.ComputerState != "" {
+		log.Warn().Str("computer_state", r.ComputerState).Msg("computer state unknown to this site: computer unchanged")
+	}
+	if success && kind == messages.KindImage {
+		if err := b.applyCapture(ctx, tx, r, imageID, userID); err != nil {
+			return err
+		}
+	}
+	if err := b.applyPasswords(ctx, tx, r, computerID, userID); err != nil {
+		return err
+	}
+	if !success {
+		msg := r.Error
+		if r.ErrorCode != "" {
+			msg = r.ErrorCode + ": " + msg
+		}
+		if err := b.insertLoadlog(ctx, tx, r.ReservationID, computerID, messages.LoadFailed, r.Time.Unix(), msg); err != nil {
+			return err
+		}
+	}
+	if success && r.ComputerState == messages.StateReload {
+		if err := b.insertReload(ctx, tx, computerID, imageID, revID, mn); err != nil {
+			return err
+		}
+	}
+	info := fmt.Sprintf("vclq %s %s on %s: request %s, computer %s", r.Kind, r.Outcome, r.Worker, reqState, r.ComputerState)
+	if err := b.insertLoadlog(ctx, tx, r.ReservationID, computerID, messages.LoadExited, r.Time.Unix(), info); err != nil {
+		return err
+	}
+	e.after = func() {
+		log.Info().Str("request_state", reqState).Str("computer_state", r.ComputerState).Msg("result applied")
+	}
+	return nil
+}
+
+// applyCapture records image.size (MB; VCL's column is a smallint, so it is capped at
+// 65535) and makes sure the new image revision exists.
+func (b *Bridge) applyCapture(ctx context.Context, tx *sql.Tx, r *messages.Result, imageID, userID int64) error {
+	target := imageID
+	if r.NewImage != nil {
+		target = r.NewImage.ImageID
+		if _, err := tx.ExecContext(ctx, `INSERT INTO imagerevision (id, imageid, revision, userid, datecreated, deleted, production, imagename)
+SELECT ?, ?, ?, ?, NOW(), 0, IF(EXISTS(SELECT 1 FROM imagerevision x WHERE x.imageid = ? AND x.production = 1), 0, 1), ? FROM DUAL
+WHERE NOT EXISTS (SELECT 1 FROM imagerevision y WHERE y.id = ? OR (y.imageid = ? AND y.revision = ?))`,
+			r.NewImage.RevisionID, r.NewImage.ImageID, r.NewImage.Revision, userID, r.NewImage.ImageID, r.NewImage.Name,
+			r.NewImage.RevisionID, r.NewImage.ImageID, r.NewImage.Revision); err != nil {
+			return fmt.Errorf("reservation %d: image revision %d: %w", r.ReservationID, r.NewImage.RevisionID, err)
+		}
+	}
+	if r.ImageSizeMB > 0 {
+		if _, err := tx.ExecContext(ctx, "UPDATE image SET size = LEAST(?, 65535) WHERE id = ?", r.ImageSizeMB, target); err != nil {
+			return fmt.Errorf("reservation %d: image %d size: %w", r.ReservationID, target, err)
+		}
+	}
+	return nil
+}
+
+// applyPasswords opens each sealed password with the bridge's key and stores it:
+// reservation.pw for the request's user, reservationaccounts.password for the others.
+// A password that cannot be stored leaves a WARNING loadlog row; none is ever logged.
+func (b *Bridge) applyPasswords(ctx context.Context, tx *sql.Tx, r *messages.Result, computerID, userID int64) error {
+	for _, p := range r.Passwords {
+		warn := func(why string) error {
+			b.log.Warn().Int64("reservation", r.ReservationID).Str("user", p.Login).Msg("password not stored: " + why)
+			return b.insertLoadlog(ctx, tx, r.ReservationID, computerID, messages.LoadWarning, r.Time.Unix(),
+				fmt.Sprintf("vclq bridge: password of %s not stored: %s", p.Login, why))
+		}
+		if b.cfg.SealKey == nil {
+			if err := warn("the bridge has no seal key (--seal-key)"); err != nil {
+				return err
+			}
+			continue
+		}
+		pw, err := b.cfg.SealKey.Open(p.Sealed)
+		if err != nil {
+			if err := warn("it does not open with the bridge's seal key"); err != nil {
+				return err
+			}
+			continue
+		}
+		if !printableASCII(pw) || len(pw) == 0 || len(pw) > 40 {
+			clear(pw)
+			if err := warn("it is not 1-40 printable ASCII characters"); err != nil {
+				return err
+			}
+			continue
+		}
+		var q string
+		var args []any
+		if p.UserID == userID {
+			q, args = "UPDATE reservation SET pw = ? WHERE id = ?", []any{string(pw), r.ReservationID}
+		} else {
+			q, args = "INSERT INTO reservationaccounts (reservationid, userid, password) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE password = VALUES(password)",
+				[]any{r.ReservationID, p.UserID, string(pw)}
+		}
+		clear(pw)
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return fmt.Errorf("reservation %d: store password of user %d: %w", r.ReservationID, p.UserID, err)
+		}
+	}
+	return nil
+}
+
+func printableASCII(b []byte) bool {
+	for _, c := range b {
+		if c < 0x21 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// insertReload queues VCL's reload request for a computer that a reclaim or a capture
+// left in state reload (reclaim.pm's insert_reload_request): the computer's next image
+// when one is set, else the reservation's image, by the vclreload user.
+func (b *Bridge) insertReload(ctx context.Context, tx *sql.Tx, computerID, imageID, revID, mn int64) error {
+	var next int64
+	if err := tx.QueryRowContext(ctx, "SELECT nextimageid FROM computer WHERE id = ?", computerID).Scan(&next); err != nil {
+		return fmt.Errorf("computer %d: next image: %w", computerID, err)
+	}
+	if next > 0 && next != imageID {
+		var rev int64
+		err := tx.QueryRowContext(ctx, `SELECT ir.id FROM imagerevision ir JOIN image i ON i.id = ir.imageid
+WHERE ir.imageid = ? AND ir.production = 1 AND ir.deleted = 0 AND i.name <> 'noimage' ORDER BY ir.revision DESC LIMIT 1`, next).Scan(&rev)
+		if err == nil {
+			imageID, revID = next, rev
+		} else if !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("computer %d: next image: %w", computerID, err)
+		}
+	}
+	reload := b.states.id[messages.StateReload]
+	res, err := tx.ExecContext(ctx, `INSERT INTO request (stateid, userid, laststateid, start, end, daterequested, datemodified)
+SELECT ?, COALESCE((SELECT id FROM user WHERE unityid = 'vclreload' ORDER BY id LIMIT 1), 1), ?, NOW(), NOW() + INTERVAL 1 HOUR, NOW(), NOW()`, reload, reload)
+	if err != nil {
+		return fmt.Errorf("computer %d: insert reload request: %w", computerID, err)
+	}
+	reqID, err := res.LastInsertId()
+	if err != nil {
+		return fmt.Errorf("computer %d: insert reload request: %w", computerID, err)
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO reservation (requestid, computerid, imageid, imagerevisionid, managementnodeid) VALUES (?, ?, ?, ?, ?)",
+		reqID, computerID, imageID, revID, mn); err != nil {
+		return fmt.Errorf("computer %d: insert reload reservation: %w", computerID, err)
+	}
+	return nil
+}

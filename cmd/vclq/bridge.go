@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/go-sql-driver/mysql" // database/sql driver "mysql"
+
+	"github.com/vclq/vclq/bridge"
+	"github.com/vclq/vclq/internal/natsconn"
+	"github.com/vclq/vclq/internal/wait"
+	"github.com/vclq/vclq/streams"
+)
+
+// runBridge is `vclq bridge`: a legacy VCL site's database ⇄ NATS (package bridge).
+func runBridge(ctx context.Context, e *env, args []string) int {
+	var (
+		nc       natsconn.Config
+		cfg      bridge.Config
+		dsn      = os.Getenv("VCLQ_BRIDGE_MYSQL")
+		mns      = os.Getenv("VCLQ_MANAGEMENT_NODE")
+		sealKey  = os.Getenv("VCLQ_SEAL_KEY")
+		keygen   string
+		noEnsure bool
+		replicas int
+	)
+	fs := flagSet(e, "bridge", "--mysql DSN --management-node ID[,ID] [--seal-key FILE] [flags]")
+	nc.RegisterFlags(fs)
+	fs.StringVar(&dsn, "mysql", dsn, "VCL database, go-sql-driver DSN user:pass@tcp(host:3306)/vcl ($VCLQ_BRIDGE_MYSQL; prefer the variable: flags show in ps)")
+	fs.StringVar(&mns, "management-node", mns, "managementnode id(s) this bridge serves, comma separated ($VCLQ_MANAGEMENT_NODE)")
+	fs.DurationVar(&cfg.Interval, "interval", bridge.DefaultInterval, "poll interval (vcld's check-in interval)")
+	fs.DurationVar(&cfg.Preload, "preload", bridge.DefaultPreload, "publish new and reload requests this long before their start")
+	fs.IntVar(&cfg.PollLimit, "poll-limit", bridge.DefaultPollLimit, "rows read per poll")
+	fs.DurationVar(&cfg.EventAckWait, "event-ack-wait", 30*time.Second, "AckWait of the bridge's event consumer")
+	fs.StringVar(&sealKey, "seal-key", sealKey, "file with the bridge's private seal key (base64): opens users' passwords for reservation.pw ($VCLQ_SEAL_KEY)")
+	fs.StringVar(&keygen, "seal-keygen", "", "write a new private seal key to this file (mode 0600) and its public key to FILE.pub (the workers' flow.seal_public_key_file), print the public key, and exit")
+	fs.BoolVar(&noEnsure, "no-ensure", false, "do not create/update streams and consumers at start")
+	fs.IntVar(&replicas, "replicas", 0, "replicas of the streams ensured at start (default 1)")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "vclq bridge: unexpected arguments %q\n", fs.Args())
+		return exitUsage
+	}
+	if keygen != "" {
+		return sealKeygen(e, keygen)
+	}
+	if dsn == "" || mns == "" {
+		fmt.Fprintln(e.stderr, "vclq bridge: --mysql and --management-node are required")
+		fs.Usage()
+		return exitUsage
+	}
+	for _, f := range strings.Split(mns, ",") {
+		id, err := strconv.ParseInt(strings.TrimSpace(f), 10, 64)
+		if err != nil || id <= 0 {
+			fmt.Fprintf(e.stderr, "vclq bridge: --management-node: %q is not a positive id\n", f)
+			return exitUsage
+		}
+		cfg.ManagementNodes = append(cfg.ManagementNodes, id)
+	}
+	if sealKey != "" {
+		k, err := bridge.LoadSealKey(sealKey)
+		if err != nil {
+			fmt.Fprintln(e.stderr, "vclq bridge:", err)
+			return exitUsage
+		}
+		cfg.SealKey = k
+	} else {
+		e.log.Warn().Msg("bridge: no --seal-key: users' passwords from workers cannot be stored in reservation.pw")
+	}
+	full, err := bridge.DSN(dsn)
+	if err != nil {
+		fmt.Fprintln(e.stderr, "vclq bridge:", err)
+		return exitUsage
+	}
+	db, err := sql.Open("mysql", full)
+	if err != nil {
+		fmt.Fprintln(e.stderr, "vclq bridge:", err)
+		return exitUsage
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(8)
+	db.SetConnMaxLifetime(5 * time.Minute)
+
+	if nc.Name == "" {
+		nc.Name = "vclq-bridge"
+	}
+	log := e.log.With().Str("component", "bridge").Logger()
+	var b *bridge.Bridge
+	// Start-up waits out a database or NATS that is not there yet, like the bridge's
+	// loops do later; only a configuration error stops it.
+	err = wait.Until(ctx, 365*24*time.Hour, 2*time.Second, func(wctx context.Context) (bool, error) {
+		conn, js, err := natsconn.Connect(nc, log)
+		if err != nil {
+			log.Warn().Err(err).Msg("bridge: NATS not reachable yet")
+			return false, err
+		}
+		if !noEnsure {
+			if err := streams.Ensure(wctx, js, streams.Options{Replicas: replicas}); err != nil {
+				conn.Close()
+				log.Warn().Err(err).Msg("bridge: ensure streams")
+				return false, err
+			}
+		}
+		b, err = bridge.New(wctx, db, js, cfg, log)
+		if errors.Is(err, bridge.ErrConfig) || errors.Is(err, bridge.ErrSchema) {
+			conn.Close()
+			return false, wait.Permanent(err)
+		}
+		if err != nil {
+			conn.Close()
+			log.Warn().Err(err).Str("mysql", bridge.RedactDSN(dsn)).Msg("bridge: database not ready yet")
+			return false, err
+		}
+		context.AfterFunc(ctx, conn.Close)
+		return true, nil
+	})
+	if ctx.Err() != nil {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintln(e.stderr, "vclq bridge:", err)
+		return exitUsage
+	}
+	log.Info().Str("mysql", bridge.RedactDSN(dsn)).Ints64("management_nodes", cfg.ManagementNodes).
+		Dur("interval", cfg.Interval).Bool("seal_key", cfg.SealKey != nil).Msg("bridge started")
+	if err := b.Run(ctx); err != nil {
+		log.Error().Err(err).Msg("bridge")
+		return exitFailure
+	}
+	return exitOK
+}
+
+func sealKeygen(e *env, path string) int {
+	k, err := bridge.NewSealKey(nil)
+	if err != nil {
+		return fail(e, "bridge: %v", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fail(e, "bridge: seal key: %v", err)
+	}
+	if _, err := f.Write(k.MarshalPrivate()); err != nil {
+		f.Close()
+		return fail(e, "bridge: seal key: %v", err)
+	}
+	if err := f.Close(); err != nil {
+		return fail(e, "bridge: seal key: %v", err)
+	}
+	if err := os.WriteFile(path+".pub", []byte(k.PublicKeyBase64()+"\n"), 0o644); err != nil {
+		return fail(e, "bridge: seal public key: %v", err)
+	}
+	fmt.Fprintln(e.stdout, k.PublicKeyBase64())
+	return exitOK
+}

@@ -1,0 +1,303 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"golang.org/x/crypto/nacl/box"
+
+	"github.com/vclq/vclq/flow"
+	"github.com/vclq/vclq/internal/demo"
+	"github.com/vclq/vclq/internal/devlab"
+	"github.com/vclq/vclq/internal/natsconn"
+	"github.com/vclq/vclq/internal/natsembed"
+	"github.com/vclq/vclq/streams"
+	"github.com/vclq/vclq/worker"
+)
+
+// devEnv is everything `vclq dev` runs in one process.
+type devEnv struct {
+	opts   devOptions
+	server *natsembed.Server
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	lab    *devlab.Lab
+	pool   *worker.Pool
+	e      *env
+}
+
+type devOptions struct {
+	listen      string
+	dir         string
+	hosts       int
+	slots       int
+	guests      string
+	concurrency int
+	once        bool
+	requests    int
+	json        bool
+	timeout     time.Duration
+}
+
+// devStarters run in order; each may add a background task to wg.
+var devStarters = []struct {
+	name  string
+	start func(ctx context.Context, d *devEnv, wg *sync.WaitGroup) error
+}{
+	{"nats", startDevNATS},
+	{"site", startDevSite},
+	{"workers", startDevWorkers},
+}
+
+func runDev(ctx context.Context, e *env, args []string) int {
+	var o devOptions
+	fs := flagSet(e, "dev", "[flags]")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:0", "client address of the embedded NATS server (HOST:PORT; port 0 picks a free one)")
+	fs.StringVar(&o.dir, "dir", "", "state directory: JetStream store, datastores, guest disks, keys (default: a temporary directory, removed on exit)")
+	fs.IntVar(&o.hosts, "hosts", 2, "simulated ESX hosts")
+	fs.IntVar(&o.slots, "slots", 3, "VM slots per host")
+	fs.StringVar(&o.guests, "guests", "auto", "guests: auto (namespace guests when running as root), namespace (required) or none (simulated)")
+	fs.IntVar(&o.concurrency, "concurrency", 8, "job slots of the embedded worker")
+	fs.BoolVar(&o.once, "once", false, "run the demo (or --requests new reservations) and exit: non-zero if any reservation failed")
+	fs.IntVar(&o.requests, "requests", 0, "with --once: run this many new reservations instead of the demo")
+	fs.BoolVar(&o.json, "json", false, "with --once: print a JSON summary instead of live progress")
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "with --once: how long the whole run may take")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "vclq dev: unexpected arguments %q\n", fs.Args())
+		return exitUsage
+	}
+	if os.Getenv("VCLQ_LOG_LEVEL") == "" { // the demo's own lines are the show
+		e.log = e.log.Level(zerolog.WarnLevel)
+	}
+	d := &devEnv{opts: o, e: e}
+	if d.opts.dir == "" {
+		dir, err := os.MkdirTemp("", "vclq-dev-")
+		if err != nil {
+			return fail(e, "dev: state directory: %v", err)
+		}
+		defer os.RemoveAll(dir)
+		d.opts.dir = dir
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	defer func() {
+		stop()
+		wg.Wait()
+		if d.lab != nil {
+			d.lab.Close()
+		}
+		if d.nc != nil {
+			d.nc.Close()
+		}
+		if d.server != nil {
+			d.server.Stop()
+		}
+	}()
+	for _, s := range devStarters {
+		if err := s.start(runCtx, d, &wg); err != nil {
+			return fail(e, "dev: start %s: %v", s.name, err)
+		}
+	}
+	if o.once {
+		octx, cancel := context.WithTimeout(runCtx, o.timeout)
+		defer cancel()
+		return runDevOnce(octx, d)
+	}
+	if _, err := runDevDemo(runCtx, d); err != nil && ctx.Err() == nil {
+		e.log.Error().Err(err).Msg("dev: demo")
+	}
+	fmt.Fprintf(e.stdout, "\nvclq dev keeps running (Ctrl-C stops it). Try:\n  NATS_URL=%s vclq status\n  NATS_URL=%s vclq events --follow\n  nats --server %s sub --stream VCL_EVENTS --all 'vcl.events.>'\n", d.server.URL(), d.server.URL(), d.server.URL())
+	<-ctx.Done()
+	return exitOK
+}
+
+func startDevNATS(_ context.Context, d *devEnv, _ *sync.WaitGroup) error {
+	host, portS, err := net.SplitHostPort(d.opts.listen)
+	if err != nil {
+		return fmt.Errorf("--listen %q: %w", d.opts.listen, err)
+	}
+	port, err := strconv.Atoi(portS)
+	if err != nil || port < 0 || port > 65535 {
+		return fmt.Errorf("--listen %q: bad port", d.opts.listen)
+	}
+	d.server, err = natsembed.Start(natsembed.Options{Host: host, Port: port, StoreDir: filepath.Join(d.opts.dir, "jetstream"), ServerName: "vclq-dev"})
+	if err != nil {
+		return err
+	}
+	d.nc, d.js, err = natsconn.Connect(natsconn.Config{URL: d.server.URL(), Name: "vclq-dev"}, d.e.log)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := streams.Ensure(ctx, d.js, streams.Options{AckWait: 30 * time.Second}); err != nil {
+		return err
+	}
+	fmt.Fprintf(d.e.stdout, "NATS_URL=%s\n", d.server.URL())
+	return nil
+}
+
+// startDevSite starts the simulated ESX hosts (with base images) and the guests.
+func startDevSite(ctx context.Context, d *devEnv, _ *sync.WaitGroup) error {
+	var err error
+	d.lab, err = devlab.Start(ctx, devlab.Config{Hosts: d.opts.hosts, SlotsPerHost: d.opts.slots, Guests: d.opts.guests,
+		Dir: filepath.Join(d.opts.dir, "site"), Logger: &d.e.log})
+	if err != nil {
+		return err
+	}
+	if err := d.lab.ESX.WriteEnv(d.e.stdout); err != nil {
+		return err
+	}
+	if d.lab.Guests != nil {
+		fmt.Fprintf(d.e.stdout, "GUESTS=namespace: %d real Linux guests (sshd, iptables, useradd) on %s, management node %s\n",
+			len(d.lab.Slots), d.lab.Guests.Subnet(), d.lab.ManagementIP)
+	} else {
+		fmt.Fprintf(d.e.stdout, "GUESTS=simulated (%s): guests answer while their VM is on; no sshd, firewall or user accounts are exercised\n", d.lab.GuestsWhy)
+	}
+	for _, s := range d.lab.Slots {
+		fmt.Fprintf(d.e.stdout, "  slot %s (computer %d) on %s, private IP %s\n", s.Computer.ShortName, s.Computer.ID, s.Host.Name, s.Computer.PrivateIP)
+	}
+	return nil
+}
+
+func startDevWorkers(ctx context.Context, d *devEnv, wg *sync.WaitGroup) error {
+	// The bridge's key pair: results carry passwords sealed to it, as in production.
+	pub, _, err := box.GenerateKey(rand.Reader)
+	if err != nil {
+		return err
+	}
+	sealer, err := flow.ParseSealer(base64.StdEncoding.EncodeToString(pub[:]))
+	if err != nil {
+		return err
+	}
+	h, closeHosts, err := d.lab.Handler(d.e.log, sealer, flow.BootWait{Timeout: 2 * time.Minute, Interval: 250 * time.Millisecond})
+	if err != nil {
+		return err
+	}
+	d.pool, err = worker.New(d.js, d.nc, h, worker.Config{
+		ID: "dev-worker", Version: version, Concurrency: d.opts.concurrency, LeaseTTL: 10 * time.Second,
+		ShutdownGrace: 5 * time.Second, RetryDelay: time.Second,
+	}, d.e.log)
+	if err != nil {
+		closeHosts(context.Background())
+		return err
+	}
+	d.pool.Publisher().WatchAsyncErrors(d.nc)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer closeHosts(context.Background())
+		if err := d.pool.Run(ctx); err != nil {
+			d.e.log.Error().Err(err).Msg("dev: worker pool")
+		}
+	}()
+	return nil
+}
+
+func (d *devEnv) runner(live bool) *demo.Runner {
+	r := &demo.Runner{JS: d.js, NC: d.nc, Lab: d.lab}
+	if live {
+		r.Out = d.e.stdout
+	}
+	return r
+}
+
+// remoteIP is the address demo users connect from: a client namespace of the guest lab
+// (or, with simulated guests, an address no packet is ever sent to).
+func (d *devEnv) remoteIP(ctx context.Context, name string) string {
+	if d.lab.Guests != nil {
+		if c, err := d.lab.Guests.NewClient(ctx, name); err == nil {
+			return c.IP().String()
+		}
+	}
+	return "198.51.100.250"
+}
+
+// runDevDemo runs reservations through their whole life (new → reserved → reclaim) on
+// a few slots at once, plus one image capture, with live progress.
+func runDevDemo(ctx context.Context, d *devEnv) (demo.Summary, error) {
+	r := d.runner(true)
+	if err := r.Start(ctx); err != nil {
+		return demo.Summary{}, err
+	}
+	n := min(3, len(d.lab.Slots)-1)
+	if n < 1 {
+		n = 1
+	}
+	fmt.Fprintf(d.e.stdout, "\ndemo: %d reservations through new → reserved → reclaim, and an image capture\n", n)
+	start := time.Now()
+	outcomes, err := demo.Parallel(n+1, func(i int) ([]demo.Outcome, error) {
+		if i == n && len(d.lab.Slots) > n {
+			return r.Capture(ctx, d.lab.Slots[n], d.lab.Images[0])
+		}
+		if i == n {
+			return nil, nil
+		}
+		return r.Lifecycle(ctx, d.lab.Slots[i], d.lab.Images[i%len(d.lab.Images)], d.remoteIP(ctx, fmt.Sprintf("user%d", i)))
+	})
+	s := demo.Summarize(outcomes, time.Since(start))
+	fmt.Fprintf(d.e.stdout, "demo: %d requests, %d succeeded, %d failed in %.1fs\n", s.Requests, s.Succeeded, s.Failed, s.Seconds)
+	return s, err
+}
+
+// runDevOnce runs the demo, or --requests new reservations spread over the slots, and
+// exits non-zero if any failed.
+func runDevOnce(ctx context.Context, d *devEnv) int {
+	if d.opts.requests <= 0 {
+		s, err := runDevDemo(ctx, d)
+		if err != nil {
+			return fail(d.e, "dev: %v", err)
+		}
+		if s.Failed > 0 {
+			return exitFailure
+		}
+		return exitOK
+	}
+	r := d.runner(!d.opts.json)
+	if err := r.Start(ctx); err != nil {
+		return fail(d.e, "dev: %v", err)
+	}
+	start := time.Now()
+	slots := len(d.lab.Slots)
+	outcomes, err := demo.Parallel(min(slots, d.opts.requests), func(i int) ([]demo.Outcome, error) {
+		var out []demo.Outcome
+		for k := i; k < d.opts.requests; k += slots { // one slot's requests run in turn
+			o, err := r.Do(ctx, d.lab.Request(devlab.RequestSpec{Kind: "new", Slot: d.lab.Slots[i],
+				Image: d.lab.Images[k%len(d.lab.Images)], Reservation: r.NextReservation(), Request: int64(k + 1)}))
+			out = append(out, o)
+			if err != nil {
+				return out, err
+			}
+		}
+		return out, nil
+	})
+	s := demo.Summarize(outcomes, time.Since(start))
+	if d.opts.json {
+		printJSON(d.e.stdout, s)
+	} else {
+		fmt.Fprintf(d.e.stdout, "%d of %d reservations succeeded in %.1fs\n", s.Succeeded, s.Requests, s.Seconds)
+	}
+	if err != nil {
+		d.e.log.Error().Err(err).Msg("dev: run")
+		return exitFailure
+	}
+	if s.Failed > 0 || s.Succeeded != d.opts.requests {
+		return exitFailure
+	}
+	return exitOK
+}

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/vclq/vclq/flow"
+	"github.com/vclq/vclq/internal/natsconn"
+	"github.com/vclq/vclq/internal/simhandler"
+	"github.com/vclq/vclq/streams"
+	"github.com/vclq/vclq/worker"
+)
+
+// workerConfig is `vclq worker`'s configuration: a JSON file (--config, $VCLQ_CONFIG),
+// then environment variables, then flags, each overriding the one before.
+type workerConfig struct {
+	NATS              natsconn.Config `json:"nats"`
+	ID                string          `json:"id,omitempty"`
+	Concurrency       int             `json:"concurrency,omitempty"`
+	LeaseTTL          duration        `json:"lease_ttl,omitempty"`
+	AckWait           duration        `json:"ack_wait,omitempty"`
+	MaxDeliver        int             `json:"max_deliver,omitempty"`
+	ShutdownGrace     duration        `json:"shutdown_grace,omitempty"`
+	StopTimeout       duration        `json:"stop_timeout,omitempty"`
+	BusySlotWait      duration        `json:"busy_slot_wait,omitempty"`
+	RetryDelay        duration        `json:"retry_delay,omitempty"`
+	HeartbeatInterval duration        `json:"heartbeat_interval,omitempty"`
+	// Handler: "flow" (VCL's state flows on ESX hosts and guests, configured by Flow)
+	// or "sim:<spec>" (internal/simhandler, for tests and demos).
+	// default: "flow" when the file has a flow section, else a simulation.
+	Handler string `json:"handler,omitempty"`
+	// Flow configures the real flows: ESX hosts, SSH key, known_hosts, seal key.
+	Flow *flow.Setup `json:"flow,omitempty"`
+	// Replicas of the streams `vclq worker` ensures at start.
+	Replicas int `json:"replicas,omitempty"`
+	// NoEnsure skips creating/updating streams, consumers and buckets at start.
+	NoEnsure bool `json:"no_ensure,omitempty"`
+}
+
+// duration reads "30s" in JSON.
+type duration time.Duration
+
+func (d *duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration: want a string such as \"30s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	*d = duration(v)
+	return err
+}
+
+func (d duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// Defaults of the stream side, so that `vclq worker` ensures what it runs with.
+const (
+	defaultAckWait    = 60 * time.Second
+	defaultMaxDeliver = 5
+)
+
+func loadWorkerConfig(args []string) (workerConfig, error) {
+	c := workerConfig{AckWait: duration(defaultAckWait), MaxDeliver: defaultMaxDeliver}
+	path := os.Getenv("VCLQ_CONFIG")
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(strings.TrimLeft(a, "-"), "config="); ok && strings.HasPrefix(a, "-") {
+			path = v
+		} else if (a == "--config" || a == "-config") && i+1 < len(args) {
+			path = args[i+1]
+		}
+	}
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return c, fmt.Errorf("config: %w", err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&c); err != nil {
+			return c, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	for name, set := range map[string]func(string) error{
+		"VCLQ_WORKER_ID":      func(v string) error { c.ID = v; return nil },
+		"VCLQ_CONCURRENCY":    func(v string) (err error) { c.Concurrency, err = strconv.Atoi(v); return },
+		"VCLQ_LEASE_TTL":      envDuration(&c.LeaseTTL),
+		"VCLQ_ACK_WAIT":       envDuration(&c.AckWait),
+		"VCLQ_MAX_DELIVER":    func(v string) (err error) { c.MaxDeliver, err = strconv.Atoi(v); return },
+		"VCLQ_SHUTDOWN_GRACE": envDuration(&c.ShutdownGrace),
+		"VCLQ_HANDLER":        func(v string) error { c.Handler = v; return nil },
+	} {
+		if v, ok := os.LookupEnv(name); ok {
+			if err := set(v); err != nil {
+				return c, fmt.Errorf("$%s: %w", name, err)
+			}
+		}
+	}
+	if c.Handler == "" {
+		c.Handler = "sim:work=100ms..300ms"
+		if c.Flow != nil {
+			c.Handler = "flow"
+		}
+	}
+	return c, nil
+}
+
+func envDuration(d *duration) func(string) error {
+	return func(v string) error {
+		x, err := time.ParseDuration(v)
+		*d = duration(x)
+		return err
+	}
+}
+
+func (c *workerConfig) flags(fs *flag.FlagSet) {
+	fs.String("config", "", "JSON configuration file ($VCLQ_CONFIG); env and flags override it")
+	c.NATS.RegisterFlags(fs)
+	fs.StringVar(&c.ID, "id", c.ID, "worker id ($VCLQ_WORKER_ID; default <hostname>-<pid>)")
+	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "job slots ($VCLQ_CONCURRENCY; default 4)")
+	fs.DurationVar((*time.Duration)(&c.LeaseTTL), "lease-ttl", time.Duration(c.LeaseTTL), "slot lease TTL, whole seconds ($VCLQ_LEASE_TTL; default 30s)")
+	fs.DurationVar((*time.Duration)(&c.AckWait), "ack-wait", time.Duration(c.AckWait), "consumer AckWait, ensured at start ($VCLQ_ACK_WAIT)")
+	fs.IntVar(&c.MaxDeliver, "max-deliver", c.MaxDeliver, "delivery budget per request, ensured at start ($VCLQ_MAX_DELIVER)")
+	fs.DurationVar((*time.Duration)(&c.ShutdownGrace), "shutdown-grace", time.Duration(c.ShutdownGrace), "time in-flight jobs get on SIGTERM ($VCLQ_SHUTDOWN_GRACE; default 30s)")
+	fs.DurationVar((*time.Duration)(&c.StopTimeout), "stop-timeout", time.Duration(c.StopTimeout), "time a cancelled handler gets to return (default 10s)")
+	fs.DurationVar((*time.Duration)(&c.BusySlotWait), "busy-slot-wait", time.Duration(c.BusySlotWait), "how long a job waits in place for a busy slot (default 10m)")
+	fs.DurationVar((*time.Duration)(&c.RetryDelay), "retry-delay", time.Duration(c.RetryDelay), "first retry delay, doubled per delivery (default 5s)")
+	fs.DurationVar((*time.Duration)(&c.HeartbeatInterval), "heartbeat", time.Duration(c.HeartbeatInterval), "registry heartbeat interval (default 5s)")
+	fs.StringVar(&c.Handler, "handler", c.Handler, "job handler: flow (needs the file's flow section) or sim:<spec> ($VCLQ_HANDLER)")
+	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "replicas of the streams ensured at start (default 1)")
+	fs.BoolVar(&c.NoEnsure, "no-ensure", c.NoEnsure, "do not create/update streams, consumers and buckets at start")
+}
+
+func (c workerConfig) pool() worker.Config {
+	return worker.Config{
+		ID: c.ID, Version: version, Concurrency: c.Concurrency, LeaseTTL: time.Duration(c.LeaseTTL),
+		AckWait: time.Duration(c.AckWait), MaxDeliver: c.MaxDeliver, ShutdownGrace: time.Duration(c.ShutdownGrace),
+		StopTimeout: time.Duration(c.StopTimeout), BusySlotWait: time.Duration(c.BusySlotWait),
+		RetryDelay: time.Duration(c.RetryDelay), HeartbeatInterval: time.Duration(c.HeartbeatInterval),
+	}
+}
+
+func (c workerConfig) streams() streams.Options {
+	return streams.Options{Replicas: c.Replicas, AckWait: time.Duration(c.AckWait), MaxDeliver: c.MaxDeliver}
+}
+
+// newHandler builds the job handler named by spec; "flow" builds the real flows from
+// setup (the returned close function ends host sessions).
+func newHandler(spec string, setup *flow.Setup, log zerolog.Logger) (worker.Handler, func(context.Context), error) {
+	if spec == "flow" {
+		if setup == nil {
+			return nil, nil, errors.New(`handler "flow" needs a "flow" section in the configuration file`)
+		}
+		return setup.Build(log)
+	}
+	h, err := newSimHandler(spec)
+	return h, func(context.Context) {}, err
+}
+
+func newSimHandler(spec string) (worker.Handler, error) {
+	if s, ok := strings.CutPrefix(spec, "sim:"); ok {
+		return simhandler.New(s)
+	}
+	if spec == "sim" {
+		return simhandler.New("")
+	}
+	return nil, fmt.Errorf("unknown handler %q (want flow or sim:<spec>)", spec)
+}
+
+func runWorker(ctx context.Context, e *env, args []string) int {
+	c, err := loadWorkerConfig(args)
+	if err != nil {
+		fmt.Fprintln(e.stderr, "vclq worker:", err)
+		return exitUsage
+	}
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	c.flags(fs)
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "vclq worker: unexpected arguments %q\n", fs.Args())
+		return exitUsage
+	}
+	h, closeHosts, err := newHandler(c.Handler, c.Flow, e.log)
+	if err != nil {
+		fmt.Fprintln(e.stderr, "vclq worker:", err)
+		return exitUsage
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		closeHosts(cctx)
+		cancel()
+	}()
+	if c.NATS.Name == "" {
+		c.NATS.Name = "vclq-worker"
+	}
+	nc, js, err := natsconn.Connect(c.NATS, e.log)
+	if err != nil {
+		e.log.Error().Err(err).Msg("worker: connect")
+		return exitFailure
+	}
+	defer nc.Close()
+	if !c.NoEnsure {
+		ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := streams.Ensure(ectx, js, c.streams())
+		cancel()
+		if err != nil {
+			e.log.Error().Err(err).Msg("worker: ensure streams")
+			return exitFailure
+		}
+	}
+	p, err := worker.New(js, nc, h, c.pool(), e.log)
+	if err != nil {
+		fmt.Fprintln(e.stderr, "vclq worker:", err)
+		return exitUsage
+	}
+	p.Publisher().WatchAsyncErrors(nc)
+	if err := p.Run(ctx); err != nil {
+		e.log.Error().Err(err).Msg("worker")
+		if errors.Is(err, worker.ErrConfig) {
+			return exitUsage
+		}
+		return exitFailure
+	}
+	return exitOK
+}

@@ -1,0 +1,224 @@
+package publisher_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/vclq/vclq/internal/testutil"
+	"github.com/vclq/vclq/messages"
+	"github.com/vclq/vclq/publisher"
+	"github.com/vclq/vclq/streams"
+)
+
+func result() *messages.Result {
+	return &messages.Result{
+		Schema: 1, ReservationID: 7001, RequestID: 5001, ComputerID: 31, Kind: messages.KindNew,
+		Outcome: messages.OutcomeSuccess, RequestState: messages.StateReserved, ComputerState: messages.StateReserved,
+		Worker: "mn1-1", Time: time.Now().UTC(), Deliveries: 1, RequestSeq: 12,
+	}
+}
+
+func loadlog(step int, phase messages.Phase, info string) *messages.Loadlog {
+	return &messages.Loadlog{
+		Schema: 1, ReservationID: 7001, RequestID: 5001, ComputerID: 31, Kind: messages.KindNew,
+		Name: messages.LoadStartVM, Phase: phase, Step: step, Info: info, Time: time.Now().UTC(), Worker: "mn1-1", RequestSeq: 12,
+	}
+}
+
+func stored(t *testing.T, j *testutil.JetStream, stream, subject string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	ctx := context.Background()
+	s, err := j.JS.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*jetstream.RawStreamMsg
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue
+		}
+		if subject == "" || m.Subject == subject {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Repeated publishes of the same event (retried step, redelivered request) store it
+// once; each event has its subject, dedup id and headers.
+func TestEventsAreStoredOnceWithHeaders(t *testing.T) {
+	j := testutil.StartVCLJetStream(t, streams.Options{})
+	p := publisher.New(j.JS, publisher.Options{}, zerolog.Nop())
+	ctx := context.Background()
+	for range 3 {
+		if err := p.Result(ctx, result()); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range []*messages.Loadlog{loadlog(4, messages.PhaseBegin, ""), loadlog(4, messages.PhaseInfo, "a"), loadlog(4, messages.PhaseInfo, "b")} {
+			if err := p.Loadlog(ctx, l); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	rs := stored(t, j, messages.StreamEvents, messages.ResultSubject(7001))
+	if len(rs) != 1 {
+		t.Fatalf("%d results stored, want 1", len(rs))
+	}
+	h := rs[0].Header
+	if h.Get(messages.HeaderMsgID) != "result-7001-12" || h.Get(messages.HeaderReservation) != "7001" ||
+		h.Get(messages.HeaderState) != messages.StateReserved || h.Get(messages.HeaderWorker) != "mn1-1" || h.Get(messages.HeaderKind) != "new" {
+		t.Errorf("result headers %v", h)
+	}
+	ls := stored(t, j, messages.StreamEvents, messages.LoadlogSubject(7001))
+	if len(ls) != 3 {
+		t.Fatalf("%d loadlog events stored, want 3 (begin + two distinct infos)", len(ls))
+	}
+	if ls[0].Header.Get(messages.HeaderState) != messages.LoadStartVM {
+		t.Errorf("loadlog headers %v", ls[0].Header)
+	}
+}
+
+func TestInvalidEventIsNotPublished(t *testing.T) {
+	j := testutil.StartVCLJetStream(t, streams.Options{})
+	p := publisher.New(j.JS, publisher.Options{}, zerolog.Nop())
+	bad := result()
+	bad.RequestState = "nonsense"
+	if err := p.Result(context.Background(), bad); !errors.Is(err, publisher.ErrInvalidEvent) || !publisher.IsInvalid(err) {
+		t.Fatalf("err %v, want ErrInvalidEvent", err)
+	}
+	badLog := loadlog(1, messages.PhaseBegin, "")
+	badLog.Name = "my-new-state"
+	if err := p.Loadlog(context.Background(), badLog); !errors.Is(err, publisher.ErrInvalidEvent) {
+		t.Fatalf("err %v, want ErrInvalidEvent", err)
+	}
+	if n := len(stored(t, j, messages.StreamEvents, "")); n != 0 {
+		t.Fatalf("%d events stored", n)
+	}
+}
+
+// Dead letters keep the payload and the original headers (not Nats-*), and add the
+// reason, origin and time; their dedup id is dlq-<seq>.
+func TestDeadLetterHeaders(t *testing.T) {
+	j := testutil.StartVCLJetStream(t, streams.Options{})
+	p := publisher.New(j.JS, publisher.Options{}, zerolog.Nop())
+	orig := nats.Header{}
+	orig.Set(messages.HeaderMsgID, "new-7001-1")
+	orig.Set("Trace-Id", "abc")
+	at := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	d := publisher.DeadLetter{
+		Data: []byte(`{"schema":1}`), Header: orig, Subject: "vcl.new", Seq: 99, Deliveries: 5,
+		Kind: messages.KindNew, ReservationID: 7001, RequestID: 5001, Reason: "delivery budget exhausted\nsecond line", Worker: "mn1-1", Time: at,
+	}
+	for range 2 {
+		if err := p.DeadLetter(context.Background(), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms := stored(t, j, messages.StreamDeadLetters, "")
+	if len(ms) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(ms))
+	}
+	m := ms[0]
+	want := map[string]string{
+		messages.HeaderMsgID: "dlq-99", messages.HeaderReason: "delivery budget exhausted second line",
+		messages.HeaderOrigSubject: "vcl.new", messages.HeaderOrigSequence: "99", messages.HeaderDeliveries: "5",
+		messages.HeaderDeadLetterAt: "2026-11-24T10:00:00Z", messages.HeaderReservation: "7001", messages.HeaderRequest: "5001",
+		messages.HeaderKind: "new", messages.HeaderWorker: "mn1-1", "Trace-Id": "abc",
+	}
+	for k, v := range want {
+		if got := m.Header.Get(k); got != v {
+			t.Errorf("header %s = %q, want %q", k, got, v)
+		}
+	}
+	if m.Subject != "vcl.dlq.new.7001" || string(m.Data) != `{"schema":1}` {
+		t.Errorf("dead letter %s %s", m.Subject, m.Data)
+	}
+}
+
+// A publish retries with backoff until the stream exists, and gives up after the
+// bounded attempts with ErrPublish.
+func TestPublishRetries(t *testing.T) {
+	t.Run("succeeds once the stream exists", func(t *testing.T) {
+		j := testutil.StartJetStream(t)
+		p := publisher.New(j.JS, publisher.Options{Attempts: 20, Timeout: 200 * time.Millisecond, Backoff: 50 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}, zerolog.Nop())
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = streams.Ensure(ctx, j.JS, streams.Options{})
+		}()
+		if err := p.Result(context.Background(), result()); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+	})
+	t.Run("gives up after the attempts", func(t *testing.T) {
+		j := testutil.StartJetStream(t)
+		p := publisher.New(j.JS, publisher.Options{Attempts: 3, Timeout: 100 * time.Millisecond, Backoff: 10 * time.Millisecond}, zerolog.Nop())
+		start := time.Now()
+		err := p.Result(context.Background(), result())
+		if !errors.Is(err, publisher.ErrPublish) {
+			t.Fatalf("err %v, want ErrPublish", err)
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Errorf("took %s: not bounded", time.Since(start))
+		}
+	})
+	t.Run("cancelled context stops retrying", func(t *testing.T) {
+		j := testutil.StartJetStream(t)
+		p := publisher.New(j.JS, publisher.Options{Attempts: 100, Timeout: 100 * time.Millisecond, Backoff: 50 * time.Millisecond}, zerolog.Nop())
+		ctx, cancel := context.WithTimeoutCause(context.Background(), 300*time.Millisecond, errors.New("job over"))
+		defer cancel()
+		err := p.Result(ctx, result())
+		if !errors.Is(err, publisher.ErrPublish) || !strings.Contains(err.Error(), "job over") {
+			t.Fatalf("err %v, want ErrPublish with the cause", err)
+		}
+	})
+}
+
+// Asynchronous errors (a denied publish shows only there) are logged, passed to the
+// previous handler, and reported with a publish that fails soon after.
+func TestWatchAsyncErrors(t *testing.T) {
+	j := testutil.StartJetStream(t)
+	prev := make(chan error, 100)
+	j.NC.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		select {
+		case prev <- err:
+		default:
+		}
+	})
+	p := publisher.New(j.JS, publisher.Options{Attempts: 1, Timeout: 100 * time.Millisecond}, zerolog.Nop())
+	p.WatchAsyncErrors(j.NC)
+	// Provoke an asynchronous error: a slow consumer.
+	block := make(chan struct{})
+	defer close(block)
+	sub, err := j.NC.Subscribe("slow", func(*nats.Msg) { <-block })
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = sub.SetPendingLimits(1, 1024)
+	for range 10 {
+		_ = j.NC.Publish("slow", []byte("x"))
+	}
+	_ = j.NC.Flush()
+	select {
+	case <-prev:
+	case <-time.After(5 * time.Second):
+		t.Fatal("previous error handler not called")
+	}
+	err = p.Result(context.Background(), result()) // no stream: fails
+	if err == nil || !strings.Contains(err.Error(), "asynchronous error") {
+		t.Fatalf("err %v, want it to mention the asynchronous error", err)
+	}
+}

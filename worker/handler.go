@@ -1,0 +1,57 @@
+package worker
+
+import (
+	"context"
+	"time"
+
+	"github.com/vclq/vclq/messages"
+)
+
+// Job is one delivery of a validated request.
+type Job struct {
+	Request *messages.Request
+	// Seq is the request's stream sequence in VCL_REQUESTS (stable across redeliveries).
+	Seq uint64
+	// Delivery is the 1-based delivery count; MaxDeliver is the budget.
+	Delivery   int
+	MaxDeliver int
+	// Fence is the slot lease revision at claim time: the fencing token of this job.
+	// A later holder of the slot always has a larger revision.
+	Fence uint64
+	// Events publishes loadlog events for this job (deterministic ids).
+	Events EventSink
+	// Worker is the id of the worker running the job.
+	Worker string
+}
+
+// EventSink publishes a job's loadlog events. Step numbers are positions in the flow
+// (from 1): with the request sequence they make the event's dedup id, so a re-run step
+// of a redelivered request does not produce a duplicate event. It blocks until the
+// event is stored (bounded retries) and returns the publish error.
+type EventSink interface {
+	Loadlog(ctx context.Context, step int, name string, phase messages.Phase, info string, d time.Duration) error
+}
+
+// Handler runs one job. It returns the result fields it produced (next states, IP,
+// image ids/size, sealed passwords...); the pool fills the envelope (ids, kind,
+// outcome, worker, time, seq, deliveries) and publishes exactly one result per final
+// outcome.
+//
+// An error wrapped with Permanent fails at once (no redelivery); other errors are
+// retried until MaxDeliver. On error the returned Result's RequestState and
+// ComputerState, if set, are used for the failed result (e.g. image → maintenance);
+// the default is failed/failed. A *CodedError chooses the error code.
+//
+// The context ends with a cause (context.Cause): ErrCancelled (roll back), ErrLeaseLost
+// (stop touching the slot) or ErrShutdown (stop, do not roll back).
+type Handler interface {
+	Handle(ctx context.Context, job *Job) (messages.Result, error)
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, job *Job) (messages.Result, error)
+
+// Handle calls f.
+func (f HandlerFunc) Handle(ctx context.Context, job *Job) (messages.Result, error) {
+	return f(ctx, job)
+}
