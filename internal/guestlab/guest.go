@@ -414,7 +414,20 @@ func (g *Guest) Command(ctx context.Context, args ...string) (*exec.Cmd, error) 
 		return nil, err
 	}
 	full := append([]string{"--target", strconv.Itoa(pid), "--net", "--mount", "--uts", "--ipc", "--pid", "--"}, args...)
-	return exec.CommandContext(ctx, nsenter, full...), nil
+	cmd := exec.CommandContext(ctx, nsenter, full...)
+	cmd.Env = guestEnv
+	return cmd, nil
+}
+
+// guestEnv is the environment of a command run inside a guest: a root login's, not
+// the caller's. With the caller's PATH a bare "shutdown" could resolve to the
+// host's systemctl instead of the guest's /usr/local/sbin/shutdown.
+var guestEnv = []string{
+	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	"HOME=/root",
+	"USER=root",
+	"LOGNAME=root",
+	"LANG=C.UTF-8",
 }
 
 // Exec runs args inside the running guest with stdin (may be nil) and returns stdout;
