@@ -168,6 +168,7 @@ func TestDecodeRequestRejects(t *testing.T) {
 		{"reclaim in state new", "reclaim", set("request", "state", "new"), nil},
 		{"image in state inuse", "image", set("request", "state", "inuse"), nil},
 		{"end before start", "new", set("request", "end", "2026-11-24T09:00:00Z"), nil},
+		{"end before start, reserved", "reserved", set("request", "end", "2026-11-24T09:00:00Z"), nil},
 		{"hostname with shell", "new", set("computer", "hostname", "vm-031;reboot"), nil},
 		{"short name mismatch", "new", set("computer", "short_name", "vm-032"), nil},
 		{"private ip zoned", "new", set("computer", "private_ip", "fe80::1%eth0"), nil},
@@ -407,3 +408,24 @@ func TestRequestMsgID(t *testing.T) {
 func itoa(n int64) string { return string(marshalNumber(n)) }
 
 func marshalNumber(n int64) []byte { b, _ := json.Marshal(n); return b }
+
+// A reclaim tears down what is left, so a collapsed window (an early delete sets end
+// to the moment of deletion) does not stop it; every other kind needs end > start.
+func TestDecodeReclaimAcceptsCollapsedWindow(t *testing.T) {
+	for _, end := range []string{"2026-11-24T10:00:00Z", "2026-11-24T09:59:59Z"} {
+		m := exampleMap(t, "reclaim")
+		obj(m, "request")["start"] = "2026-11-24T10:00:00Z"
+		obj(m, "request")["end"] = end
+		if _, err := messages.DecodeRequest(marshal(t, m)); err != nil {
+			t.Errorf("reclaim with end %s: %v", end, err)
+		}
+		for _, k := range []string{"new", "reserved", "reload", "image"} {
+			m := exampleMap(t, k)
+			obj(m, "request")["start"] = "2026-11-24T10:00:00Z"
+			obj(m, "request")["end"] = end
+			if _, err := messages.DecodeRequest(marshal(t, m)); !errors.Is(err, messages.ErrInvalid) {
+				t.Errorf("%s with end %s: err = %v, want ErrInvalid", k, end, err)
+			}
+		}
+	}
+}

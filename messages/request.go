@@ -173,7 +173,10 @@ func (r *Request) Validate() error {
 	}
 	if r.Request.Start.IsZero() || r.Request.End.IsZero() {
 		v.addf("request.start and request.end are required")
-	} else if !r.Request.End.After(r.Request.Start) {
+	} else if r.Kind != KindReclaim && !r.Request.End.After(r.Request.Start) {
+		// A reclaim tears down whatever is left: VCL's web UI sets end to NOW() on an
+		// early delete, which can equal start (or precede it once clocks are rounded),
+		// and refusing that would leave the VM in use.
 		v.addf("request.end %s is not after request.start %s", r.Request.End.Format(time.RFC3339), r.Request.Start.Format(time.RFC3339))
 	}
 	v.id("reservation.id", r.Reservation.ID)

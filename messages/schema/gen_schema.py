@@ -96,7 +96,7 @@ def request_schema(kind):
     s = OD([("$schema","https://json-schema.org/draft/2020-12/schema"),
         ("$id","https://github.com/vclq/vclq/messages/schema/request-%s.schema.json"%kind),
         ("title","vclq request, kind %s (subject vcl.%s), schema 1"%(kind,kind)),
-        ("description","See docs/messages.md. Cross-field rules checked only by the Go decoder: short_name is the hostname's first label, request.end is after request.start, logins/uids/user ids are unique and not reserved system accounts, an image's target name differs from the captured image, SSH key data parses and matches its type, IPs are canonical host addresses.")])
+        ("description","See docs/messages.md. Cross-field rules checked only by the Go decoder: short_name is the hostname's first label, request.end is after request.start (except for reclaim), logins/uids/user ids are unique and not reserved system accounts, an image's target name differs from the captured image, SSH key data parses and matches its type, IPs are canonical host addresses.")])
     s.update(obj(props,required))
     s["$defs"] = d
     return s
