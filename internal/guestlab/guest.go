@@ -188,8 +188,13 @@ Subsystem sftp internal-sftp
 `
 
 // powerScript replaces shutdown/poweroff/halt inside the guest: sshd is the PID
-// namespace's init, and when it exits the kernel kills the rest.
-const powerScript = "#!/bin/sh\n# vclq guest lab: power off this guest\nkill -TERM 1\n"
+// namespace's init, and when it exits the kernel kills the rest (this script too).
+// A namespace's init ignores signals it has no handler for, and sshd installs its
+// SIGTERM handler only after it starts listening, so a guest powered off right after
+// boot would ignore a single TERM: the script repeats it, for at most 10 s.
+const powerScript = "#!/bin/sh\n# vclq guest lab: power off this guest\n" +
+	"i=0\nwhile [ $i -lt 100 ]; do kill -TERM 1 || exit 1; sleep 0.1; i=$((i+1)); done\n" +
+	"echo 'vclq guest lab: init did not stop' >&2\nexit 1\n"
 
 // makeDisk builds etc, root and home afresh (no currentimage.txt yet).
 func (g *Guest) makeDisk(ctx context.Context) error {
@@ -365,7 +370,7 @@ func childOf(ppid int) int {
 	return 0
 }
 
-// Stop stops the guest: SIGTERM to its init (sshd), then SIGKILL after 5 s; the
+// Stop stops the guest: SIGTERM to its init (sshd), repeated, then SIGKILL after 5 s; the
 // kernel kills the rest of its PID namespace. Stopping a stopped guest does nothing.
 // It blocks until the guest is gone.
 func (g *Guest) Stop() error {
@@ -374,17 +379,29 @@ func (g *Guest) Stop() error {
 	if !g.runningLocked() {
 		return nil
 	}
-	if g.initPID > 0 {
-		_ = syscall.Kill(g.initPID, syscall.SIGTERM)
-	}
-	select {
-	case <-g.done:
-	case <-time.After(5 * time.Second):
-		_ = g.cmd.Process.Kill()
+	// TERM is repeated: sshd ignores it (as a namespace init without a handler) until
+	// it has set up its listener, which a guest stopped right after Boot may not have.
+	term := time.NewTicker(100 * time.Millisecond)
+	defer term.Stop()
+	deadline := time.NewTimer(5 * time.Second)
+	defer deadline.Stop()
+	stopped := false
+	for !stopped {
+		if g.initPID > 0 {
+			_ = syscall.Kill(g.initPID, syscall.SIGTERM)
+		}
 		select {
 		case <-g.done:
-		case <-time.After(10 * time.Second):
-			return fmt.Errorf("guestlab: guest %s: did not stop", g.name)
+			stopped = true
+		case <-term.C:
+		case <-deadline.C:
+			_ = g.cmd.Process.Kill()
+			select {
+			case <-g.done:
+				stopped = true
+			case <-time.After(10 * time.Second):
+				return fmt.Errorf("guestlab: guest %s: did not stop", g.name)
+			}
 		}
 	}
 	g.initPID = 0
