@@ -185,11 +185,20 @@ func TestWatchEndsWithTheResult(t *testing.T) {
 			pub(messages.LoadlogSubject(7), messages.Loadlog{Schema: 1, ReservationID: 7, Kind: messages.KindNew, Name: name, Phase: ph, Step: i + 1, Time: now, Worker: "w", RequestSeq: 2})
 		}
 	}
+	// The result comes while watch runs. watch may see it and return before the
+	// publisher has its ack, so the test waits for the publisher before it ends (and
+	// closes the server).
+	published := make(chan error, 1)
 	go func() {
 		time.Sleep(300 * time.Millisecond)
-		pub(messages.ResultSubject(7), messages.Result{Schema: 1, ReservationID: 7, Kind: messages.KindNew, Outcome: messages.OutcomeFailed, RequestState: "failed", ComputerState: "failed", ErrorCode: "failed", Error: "boom", Worker: "w", Time: now, RequestSeq: 2})
+		b, _ := json.Marshal(messages.Result{Schema: 1, ReservationID: 7, Kind: messages.KindNew, Outcome: messages.OutcomeFailed, RequestState: "failed", ComputerState: "failed", ErrorCode: "failed", Error: "boom", Worker: "w", Time: now, RequestSeq: 2})
+		_, err := j.JS.Publish(context.Background(), messages.ResultSubject(7), b)
+		published <- err
 	}()
 	code, out, errs := vclqRun(t, "", "watch", "7", "--nats="+j.URL)
+	if err := <-published; err != nil {
+		t.Fatalf("publish the result: %v", err)
+	}
 	if code != exitFailure {
 		t.Fatalf("watch of a failed reservation exited %d: %s %s", code, out, errs)
 	}
