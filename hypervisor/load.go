@@ -233,8 +233,7 @@ func (c *ESX) transferDisk(ctx context.Context, spec LoadSpec, baseSize *int64) 
 // static MACs, the load's metadata in extraConfig, and its disk: a child of the shared
 // base (linked clone) or the dedicated copy TransferDisk made. If the VM exists already
 // with the same metadata, SetupVM does nothing; with other metadata it is ErrConflict.
-// If configuring fails after the VM was created, SetupVM unregisters it and deletes
-// its folder before returning the error.
+// The disk is part of CreateVM's spec, so a failed SetupVM leaves no VM registered.
 func (c *ESX) SetupVM(ctx context.Context, spec LoadSpec) error {
 	if err := spec.Validate(); err != nil {
 		return err
@@ -324,6 +323,7 @@ func (c *ESX) setupVM(ctx context.Context, spec LoadSpec, fresh bool) (types.Man
 		return none, err
 	}
 	cfg.DeviceChange = append(cfg.DeviceChange, nicDevs...)
+	cfg.DeviceChange = append(cfg.DeviceChange, diskSpec(spec, -100))
 	info, err := c.task(ctx, "CreateVM "+name, short, func(ctx context.Context, s *hostSession) (*object.Task, error) {
 		inv, err := c.inventory(ctx, s)
 		if err != nil {
@@ -344,15 +344,6 @@ func (c *ESX) setupVM(ctx context.Context, spec LoadSpec, fresh bool) (types.Man
 		ref = v.ref
 	default:
 		return none, err
-	}
-	if err := c.attachDisk(ctx, spec, ref); err != nil {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*c.cfg.CallTimeout)
-		defer cancel()
-		rerr := c.unregister(rctx, short, vmInfo{ref: ref, name: name, power: PoweredOff})
-		if rerr == nil && spec.Profile.VMDisk != messages.VMDiskDedicated {
-			rerr = c.remove(rctx, short, dir)
-		}
-		return none, errors.Join(err, rerr)
 	}
 	return ref, nil
 }
@@ -383,10 +374,13 @@ func (c *ESX) networkBacking(ctx context.Context, inv *inventory, short, name st
 	return b, nil
 }
 
-// attachDisk adds the VM's disk: a new child of the shared base, or the dedicated copy.
-func (c *ESX) attachDisk(ctx context.Context, spec LoadSpec, ref types.ManagedObjectReference) error {
+// diskSpec is the VM's disk on the SCSI controller with key ctrlKey, unit 0: a new
+// child (delta) disk of the shared base for a linked clone, or the dedicated copy
+// TransferDisk made. It goes into CreateVM's spec, so a VM never exists without
+// its disk and the load saves a ReconfigVM round trip.
+func diskSpec(spec LoadSpec, ctrlKey int32) *types.VirtualDeviceConfigSpec {
 	pp, _ := spec.Profile.paths()
-	short, name := spec.Slot.ShortName, VMName(spec.Slot, spec.Image)
+	name := VMName(spec.Slot, spec.Image)
 	file := pp.vmDir(spec.Slot, spec.Image).Join(name + ".vmdk").String()
 	backing := &types.VirtualDiskFlatVer2BackingInfo{
 		VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: file},
@@ -401,24 +395,13 @@ func (c *ESX) attachDisk(ctx context.Context, spec LoadSpec, ref types.ManagedOb
 		}
 		op = types.VirtualDeviceConfigSpecFileOperationCreate
 	}
-	_, err := c.task(ctx, "ReconfigVM "+name+" (add disk)", short, func(ctx context.Context, s *hostSession) (*object.Task, error) {
-		vm := object.NewVirtualMachine(s.vc, ref)
-		devices, err := vm.Device(ctx)
-		if err != nil {
-			return nil, err
-		}
-		ctrl, err := devices.FindSCSIController("")
-		if err != nil {
-			return nil, err
-		}
-		disk := &types.VirtualDisk{VirtualDevice: types.VirtualDevice{
-			Key: -1, ControllerKey: ctrl.GetVirtualController().Key, UnitNumber: types.NewInt32(0), Backing: backing,
-		}}
-		return vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{DeviceChange: []types.BaseVirtualDeviceConfigSpec{
-			&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, FileOperation: op, Device: disk},
-		}})
-	})
-	return err
+	return &types.VirtualDeviceConfigSpec{
+		Operation:     types.VirtualDeviceConfigSpecOperationAdd,
+		FileOperation: op,
+		Device: &types.VirtualDisk{VirtualDevice: types.VirtualDevice{
+			Key: -1, ControllerKey: ctrlKey, UnitNumber: types.NewInt32(0), Backing: backing,
+		}},
+	}
 }
 
 // StartVM powers the slot's VM for the spec on (VCL's startvm).

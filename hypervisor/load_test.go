@@ -343,7 +343,9 @@ func TestLoadPermanentFault(t *testing.T) {
 		{"no permission to create", "CreateVM_Task", func() types.BaseMethodFault {
 			return &types.NoPermission{PrivilegeId: "VirtualMachine.Inventory.Create"}
 		}, hypervisor.ErrPermission, "CreateVM"},
-		{"disk add refused", "ReconfigVM_Task", func() types.BaseMethodFault { return &types.NoPermission{} }, hypervisor.ErrPermission, "ReconfigVM"},
+		{"child disk refused (base gone)", "CreateVM_Task", func() types.BaseMethodFault {
+			return &types.FileNotFound{FileFault: types.FileFault{File: "[datastore1] golden/base/base.vmdk"}}
+		}, hypervisor.ErrNotFound, "CreateVM"},
 		{"power on: insufficient resources", "PowerOnVM_Task", func() types.BaseMethodFault { return &types.InsufficientMemoryResourcesFault{} }, hypervisor.ErrInsufficientResources, "PowerOnVM"},
 		{"network missing", "RetrievePropertiesEx", nil, hypervisor.ErrNotFound, "network"},
 	}
