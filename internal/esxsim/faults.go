@@ -1,6 +1,7 @@
 package esxsim
 
 import (
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -69,6 +70,13 @@ func (h *Host) Calls(method string) int {
 	h.faults.mu.Lock()
 	defer h.faults.mu.Unlock()
 	return h.faults.byMethod[method]
+}
+
+// CallsByMethod is a copy of the worker login's call counts per SOAP method.
+func (h *Host) CallsByMethod() map[string]int {
+	h.faults.mu.Lock()
+	defer h.faults.mu.Unlock()
+	return maps.Clone(h.faults.byMethod)
 }
 
 // PeakDelayed is the largest number of worker calls that were inside a rule's Delay
