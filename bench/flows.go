@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,10 +69,13 @@ func Flows(ctx context.Context, w io.Writer) error {
 
 	// Direct: the flows' hypervisor and guest calls, without queue, leases or events.
 	fmt.Fprintf(os.Stderr, "flows: direct calls...\n")
+	b0, t0 := machineCPU()
 	direct, err := runDirect(ctx, lab, boot, reqs(100000), workers*perWorker)
 	if err != nil {
 		return fmt.Errorf("direct: %w", err)
 	}
+	b1, t1 := machineCPU()
+	direct.busy = busyShare(b0, t0, b1, t1)
 	fmt.Fprintf(os.Stderr, "flows: direct %d in %s (%d failed); now through vclq...\n", requests, direct.wall.Round(time.Millisecond), direct.failed)
 	// Through vclq.
 	sys, err := runSystem(ctx, lab, dir, boot, reqs(200000), workers, perWorker)
@@ -81,9 +86,12 @@ func Flows(ctx context.Context, w io.Writer) error {
 	fmt.Fprintf(w, "## Flows: %d new reservations over %d slots on %d hosts\n\n", requests, len(lab.Slots), hosts)
 	fmt.Fprintf(w, "Guests: %s. vclq: %d `vclq worker` processes × %d job slots on an embedded nats-server; "+
 		"direct: the same flow handler called by %d goroutines (no queue, lease or events), one slot at a time per VM.\n\n", guests, workers, perWorker, workers*perWorker)
-	fmt.Fprintf(w, "| run | wall | reservations/s | failed |\n|---|---|---|---|\n")
-	fmt.Fprintf(w, "| direct calls | %.1fs | %.2f | %d |\n", direct.wall.Seconds(), float64(requests)/direct.wall.Seconds(), direct.failed)
-	fmt.Fprintf(w, "| vclq end to end | %.1fs | %.2f | %d |\n\n", sys.wall.Seconds(), float64(requests)/sys.wall.Seconds(), sys.failed)
+	fmt.Fprintf(w, "| run | wall | reservations/s | failed | machine CPU busy |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "| direct calls | %.1fs | %.2f | %d | %.0f%% |\n", direct.wall.Seconds(), float64(requests)/direct.wall.Seconds(), direct.failed, 100*direct.busy)
+	fmt.Fprintf(w, "| vclq end to end | %.1fs | %.2f | %d | %.0f%% |\n\n", sys.wall.Seconds(), float64(requests)/sys.wall.Seconds(), sys.failed, 100*sys.busy)
+	for _, e := range direct.errors {
+		fmt.Fprintf(w, "A failed direct call: `%s`\n\n", e)
+	}
 	for _, e := range sys.errors {
 		fmt.Fprintf(w, "A failed reservation: `%s`\n\n", e)
 	}
@@ -98,6 +106,14 @@ func Flows(ctx context.Context, w io.Writer) error {
 	fmt.Fprintf(w, "| overhead / end to end | %.2f%% | %.2f%% |\n\n", 100*quantileF(sys.shareE2E, 50), 100*quantileF(sys.shareE2E, 99))
 	fmt.Fprintf(w, "Target: overhead under 5%% of end-to-end time. Dispatch and lease acquisition happen before the first "+
 		"step and are not in 'processing'; they show in the throughput ratio instead.\n\n")
+	if len(sys.worst) > 0 {
+		fmt.Fprintf(w, "The request with the largest overhead (%s), its events from its publication:\n\n```\n", sys.worstOverhead.Round(time.Millisecond))
+		sort.SliceStable(sys.worst, func(i, j int) bool { return sys.worst[i].at.Before(sys.worst[j].at) })
+		for _, e := range sys.worst {
+			fmt.Fprintf(w, "%9s  %-28s %s\n", e.at.Sub(sys.worstPublished).Round(time.Millisecond), e.what, e.worker)
+		}
+		fmt.Fprintf(w, "```\n\n")
+	}
 	fmt.Fprintf(w, "Where the time goes (mean per step):\n\n| step | direct | vclq |\n|---|---|---|\n")
 	for _, name := range []string{messages.LoadStatusCheck, messages.LoadImageBlade, messages.LoadDoesImageExist, messages.LoadStartLoad,
 		messages.LoadTransferVM, messages.LoadVMSetupConfig, messages.LoadStartVM, messages.LoadMachineBooted, messages.LoadImageComplete, messages.LoadNodeReady} {
@@ -134,9 +150,9 @@ func (s *stepTimes) mean(name string) time.Duration {
 }
 
 // Loadlog records the durations of finished steps (the direct run's event sink).
-func (s *stepTimes) Loadlog(_ context.Context, _ int, name string, phase messages.Phase, _ string, d time.Duration) error {
-	if phase == messages.PhaseEnd || phase == messages.PhaseFail {
-		s.add(name, d)
+func (s *stepTimes) Loadlog(_ context.Context, e worker.StepEvent) error {
+	if e.Phase == messages.PhaseEnd || e.Phase == messages.PhaseFail {
+		s.add(e.Name, e.Duration)
 	}
 	return nil
 }
@@ -145,9 +161,21 @@ type flowRun struct {
 	steps                     *stepTimes
 	errors                    []string // a few failure reasons
 	wall                      time.Duration
+	busy                      float64 // share of the machine's CPU time that was busy
 	failed                    int
 	e2e, processing, overhead []time.Duration
 	share, shareE2E           []float64
+	// The request with the largest overhead: its events, for the report.
+	worst          []flowEvent
+	worstOverhead  time.Duration
+	worstPublished time.Time
+}
+
+// flowEvent is one loadlog or result event of a request, as the bench saw it.
+type flowEvent struct {
+	at     time.Time
+	what   string
+	worker string
 }
 
 func runDirect(ctx context.Context, lab *devlab.Lab, boot flow.BootWait, reqs []*messages.Request, conc int) (flowRun, error) {
@@ -183,6 +211,9 @@ func runDirect(ctx context.Context, lab *devlab.Lab, boot flow.BootWait, reqs []
 				if err != nil {
 					mu.Lock()
 					run.failed++
+					if len(run.errors) < 3 {
+						run.errors = append(run.errors, err.Error())
+					}
 					mu.Unlock()
 				}
 			}
@@ -228,6 +259,7 @@ func runSystem(ctx context.Context, lab *devlab.Lab, dir string, boot flow.BootW
 		steps                  time.Duration
 		ok                     bool
 		err                    string
+		timeline               []flowEvent
 	}
 	var mu sync.Mutex
 	stats := map[uint64]*reqStat{}
@@ -244,6 +276,11 @@ func runSystem(ctx context.Context, lab *devlab.Lab, dir string, boot flow.BootW
 		defer mu.Unlock()
 		if l, err := messages.DecodeLoadlog(m.Data); err == nil {
 			s := get(l.RequestSeq)
+			what := l.Name + " " + string(l.Phase)
+			if l.Phase == messages.PhaseFail && l.Info != "" {
+				what += ": " + l.Info
+			}
+			s.timeline = append(s.timeline, flowEvent{at: l.Time, what: what, worker: l.Worker})
 			if l.Phase == messages.PhaseBegin && (s.first.IsZero() || l.Time.Before(s.first)) {
 				s.first = l.Time
 			}
@@ -253,6 +290,7 @@ func runSystem(ctx context.Context, lab *devlab.Lab, dir string, boot flow.BootW
 			}
 		} else if r, err := messages.DecodeResult(m.Data); err == nil {
 			s := get(r.RequestSeq)
+			s.timeline = append(s.timeline, flowEvent{at: r.Time, what: "result " + string(r.Outcome), worker: r.Worker})
 			if s.done.IsZero() {
 				s.done, s.ok, s.err = r.Time, r.Outcome == messages.OutcomeSuccess, r.Error
 				results <- struct{}{}
@@ -267,6 +305,7 @@ func runSystem(ctx context.Context, lab *devlab.Lab, dir string, boot flow.BootW
 	time.Sleep(2 * time.Second)
 
 	start := time.Now()
+	b0, t0 := machineCPU()
 	for _, r := range reqs {
 		data, _ := json.Marshal(r)
 		ack, err := js.Publish(ctx, r.Kind.Subject(), data, jetstream.WithMsgID(r.MsgID()))
@@ -288,6 +327,8 @@ func runSystem(ctx context.Context, lab *devlab.Lab, dir string, boot flow.BootW
 		}
 	}
 	run := flowRun{wall: time.Since(start), steps: steps}
+	b1, t1 := machineCPU()
+	run.busy = busyShare(b0, t0, b1, t1)
 	mu.Lock()
 	defer mu.Unlock()
 	for _, s := range stats {
@@ -303,6 +344,10 @@ func runSystem(ctx context.Context, lab *devlab.Lab, dir string, boot flow.BootW
 		run.e2e = append(run.e2e, s.done.Sub(s.published))
 		run.processing = append(run.processing, proc)
 		run.overhead = append(run.overhead, over)
+		if over > run.worstOverhead {
+			run.worstOverhead, run.worst = over, s.timeline
+			run.worstPublished = s.published
+		}
 		if proc > 0 {
 			run.share = append(run.share, float64(over)/float64(proc))
 			run.shareE2E = append(run.shareE2E, float64(over)/float64(s.done.Sub(s.published)))
@@ -327,4 +372,35 @@ func quantileF(f []float64, q int) float64 {
 	s := append([]float64(nil), f...)
 	sort.Float64s(s)
 	return s[min(len(s)-1, len(s)*q/100)]
+}
+
+// machineCPU reads the machine's busy and total CPU time from /proc/stat (all CPUs,
+// in clock ticks), to tell how saturated the machine was during a run.
+func machineCPU() (busy, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0
+	}
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		total += n
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return busy, total
+}
+
+// busyShare is the share of the machine's CPU time that was busy between two
+// machineCPU readings.
+func busyShare(b0, t0, b1, t1 uint64) float64 {
+	if t1 <= t0 {
+		return 0
+	}
+	return float64(b1-b0) / float64(t1-t0)
 }

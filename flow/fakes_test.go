@@ -131,14 +131,18 @@ func (g *fakeGuest) PreCapture(context.Context, []string) error { return g.call(
 
 // recorder is the job's event sink.
 type recorder struct {
-	mu     sync.Mutex
-	events []messages.Loadlog
+	mu       sync.Mutex
+	events   []messages.Loadlog
+	received []time.Time   // when each event reached the sink
+	delay    time.Duration // how long each publish takes
 }
 
-func (r *recorder) Loadlog(_ context.Context, step int, name string, phase messages.Phase, info string, d time.Duration) error {
+func (r *recorder) Loadlog(_ context.Context, e worker.StepEvent) error {
+	time.Sleep(r.delay)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.events = append(r.events, messages.Loadlog{Step: step, Name: name, Phase: phase, Info: info, DurationMS: d.Milliseconds()})
+	r.events = append(r.events, messages.Loadlog{Step: e.Step, Name: e.Name, Phase: e.Phase, Info: e.Info, DurationMS: e.Duration.Milliseconds(), Time: e.At})
+	r.received = append(r.received, time.Now())
 	return nil
 }
 

@@ -297,3 +297,34 @@ func TestImageCapture(t *testing.T) {
 		t.Errorf("failed capture states %s/%s", res.RequestState, res.ComputerState)
 	}
 }
+
+// Events are published behind the steps (a slow event store never slows a load), so
+// each carries the moment its step began or ended, not the moment it was stored: the
+// loadlog rows and the pipeline overhead measured from them depend on it.
+func TestEventsCarryTheirStepsMoments(t *testing.T) {
+	hs := newHarness(t, nil)
+	hs.rec.delay = 20 * time.Millisecond
+	req := request(t, messages.KindNew)
+	hs.vms.images[req.Image.Name] = true
+	if _, err := hs.handle(t.Context(), req, 1); err != nil {
+		t.Fatal(err)
+	}
+	n := len(hs.rec.events)
+	if n < 10 {
+		t.Fatalf("%d events", n)
+	}
+	for i, e := range hs.rec.events {
+		if e.Time.IsZero() || e.Time.After(hs.rec.received[i]) {
+			t.Fatalf("event %d (%s %s) at %s, received %s", i, e.Name, e.Phase, e.Time, hs.rec.received[i])
+		}
+		if i > 0 && e.Time.Before(hs.rec.events[i-1].Time) {
+			t.Fatalf("event %d (%s %s) is older than the one before", i, e.Name, e.Phase)
+		}
+	}
+	// The steps are instant fakes; the store needs 20 ms an event: the last event
+	// happened long before it was stored.
+	last := n - 1
+	if lag := hs.rec.received[last].Sub(hs.rec.events[last].Time); lag < time.Duration(n/2)*hs.rec.delay {
+		t.Fatalf("last event stored %s after it happened; want the publish backlog (%d events × %s) in between: its time is the publish time", lag, n, hs.rec.delay)
+	}
+}

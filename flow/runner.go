@@ -50,13 +50,7 @@ type runner struct {
 	done   chan struct{}
 }
 
-type loadlogEvent struct {
-	n     int
-	name  string
-	phase messages.Phase
-	info  string
-	d     time.Duration
-}
+type loadlogEvent = worker.StepEvent
 
 // eventQueue bounds the events waiting to be published; a full queue makes the flow
 // wait (back-pressure) rather than drop an event.
@@ -76,8 +70,8 @@ func (r *runner) publish() {
 	defer close(r.done)
 	for ev := range r.queue {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		if err := r.events.Loadlog(ctx, ev.n, ev.name, ev.phase, ev.info, ev.d); err != nil && !errors.Is(err, context.Canceled) {
-			r.log.Warn().Err(err).Str("step", ev.name).Str("phase", string(ev.phase)).Msg("loadlog event not published")
+		if err := r.events.Loadlog(ctx, ev); err != nil && !errors.Is(err, context.Canceled) {
+			r.log.Warn().Err(err).Str("step", ev.Name).Str("phase", string(ev.Phase)).Msg("loadlog event not published")
 		}
 		cancel()
 	}
@@ -160,7 +154,8 @@ func (r *runner) emit(_ context.Context, n int, name string, phase messages.Phas
 		r.log.Warn().Str("step", name).Str("phase", string(phase)).Msg("loadlog event after the job ended: dropped")
 		return
 	}
-	r.queue <- loadlogEvent{n, name, phase, info, d}
+	// The event carries its moment: it may be published later, behind others.
+	r.queue <- loadlogEvent{Step: n, Name: name, Phase: phase, Info: info, Duration: d, At: time.Now()}
 }
 
 func truncate(s string) string {

@@ -392,8 +392,8 @@ func TestSanitize(t *testing.T) {
 			t.Errorf("home of %s left: %v", u, err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(g.Dir(), "etc", "sudoers.d", "vclq-dave")); !os.IsNotExist(err) {
-		t.Errorf("sudoers entry left: %v", err)
+	if p, ok := g.DiskFile("/etc/sudoers.d/vclq-dave"); ok {
+		t.Errorf("sudoers entry left: %s", p)
 	}
 	save := netnsExec(t, g, "iptables-save", "-t", "filter")
 	if strings.Contains(save, pc.IP().String()) || !strings.Contains(save, "\"vclq ssh\"") {
@@ -441,7 +441,11 @@ func TestTaintAndPreCapture(t *testing.T) {
 	if strings.Contains(string(disk), "vcld_") || !strings.HasPrefix(string(disk), testImage.Name+"\n") {
 		t.Fatalf("captured currentimage.txt:\n%s", disk)
 	}
-	if b, _ := os.ReadFile(filepath.Join(g.Dir(), "etc", "passwd")); strings.Contains(string(b), "frank:") {
+	passwd, ok := g.DiskFile("/etc/passwd")
+	if !ok {
+		t.Fatal("captured disk has no /etc/passwd")
+	}
+	if b, _ := os.ReadFile(passwd); strings.Contains(string(b), "frank:") {
 		t.Fatal("captured disk still has the user")
 	}
 }

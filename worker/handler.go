@@ -24,12 +24,26 @@ type Job struct {
 	Worker string
 }
 
-// EventSink publishes a job's loadlog events. Step numbers are positions in the flow
-// (from 1): with the request sequence they make the event's dedup id, so a re-run step
-// of a redelivered request does not produce a duplicate event. It blocks until the
-// event is stored (bounded retries) and returns the publish error.
+// EventSink publishes a job's loadlog events. It blocks until the event is stored
+// (bounded retries) and returns the publish error.
 type EventSink interface {
-	Loadlog(ctx context.Context, step int, name string, phase messages.Phase, info string, d time.Duration) error
+	Loadlog(ctx context.Context, e StepEvent) error
+}
+
+// StepEvent is one loadlog event of a job.
+type StepEvent struct {
+	// Step is the step's position in the flow (from 1): with the request sequence it
+	// makes the event's dedup id, so a re-run step of a redelivered request does not
+	// produce a duplicate event.
+	Step  int
+	Name  string // a computerloadstate name
+	Phase messages.Phase
+	Info  string
+	// Duration is the step's, for end and fail.
+	Duration time.Duration
+	// At is when it happened: the step's start, end or failure, which a sink that
+	// publishes later must keep. Zero means now.
+	At time.Time
 }
 
 // Handler runs one job. It returns the result fields it produced (next states, IP,

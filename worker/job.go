@@ -434,7 +434,12 @@ type jobEvents struct {
 	j *job
 }
 
-func (e *jobEvents) Loadlog(ctx context.Context, step int, name string, phase messages.Phase, info string, d time.Duration) error {
+func (e *jobEvents) Loadlog(ctx context.Context, ev StepEvent) error {
+	at := ev.At
+	if at.IsZero() {
+		at = time.Now()
+	}
+	step, name, phase := ev.Step, ev.Name, ev.Phase
 	l := &messages.Loadlog{
 		Schema:        messages.SchemaVersion,
 		ReservationID: e.j.req.Reservation.ID,
@@ -444,9 +449,9 @@ func (e *jobEvents) Loadlog(ctx context.Context, step int, name string, phase me
 		Name:          name,
 		Phase:         phase,
 		Step:          step,
-		Info:          messages.CleanText(info, messages.MaxInfoLen),
-		DurationMS:    d.Milliseconds(),
-		Time:          time.Now().UTC(),
+		Info:          messages.CleanText(ev.Info, messages.MaxInfoLen),
+		DurationMS:    ev.Duration.Milliseconds(),
+		Time:          at.UTC(),
 		Worker:        e.p.cfg.ID,
 		RequestSeq:    e.j.seq,
 	}

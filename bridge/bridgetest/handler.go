@@ -72,7 +72,7 @@ func (h *StateExit) Handle(ctx context.Context, job *worker.Job) (messages.Resul
 	}
 	for i, name := range steps {
 		start := time.Now()
-		if err := job.Events.Loadlog(ctx, i+1, name, messages.PhaseBegin, "", 0); err != nil {
+		if err := job.Events.Loadlog(ctx, worker.StepEvent{Step: i + 1, Name: name, Phase: messages.PhaseBegin}); err != nil {
 			return messages.Result{}, err
 		}
 		if h.Step > 0 {
@@ -81,7 +81,7 @@ func (h *StateExit) Handle(ctx context.Context, job *worker.Job) (messages.Resul
 			}
 		}
 		if h.Fail != nil && h.Fail(r) && i == len(steps)/2 {
-			_ = job.Events.Loadlog(ctx, i+1, name, messages.PhaseFail, "simulated failure", time.Since(start))
+			_ = job.Events.Loadlog(ctx, worker.StepEvent{Step: i + 1, Name: name, Phase: messages.PhaseFail, Info: "simulated failure", Duration: time.Since(start)})
 			st := messages.StateFailed
 			if r.Kind == messages.KindImage {
 				st = messages.StateMaintenance
@@ -89,7 +89,7 @@ func (h *StateExit) Handle(ctx context.Context, job *worker.Job) (messages.Resul
 			return messages.Result{RequestState: st, ComputerState: st},
 				worker.Permanent(&worker.CodedError{Code: "simulated", Err: fmt.Errorf("step %s failed on purpose", name)})
 		}
-		if err := job.Events.Loadlog(ctx, i+1, name, messages.PhaseEnd, "", time.Since(start)); err != nil {
+		if err := job.Events.Loadlog(ctx, worker.StepEvent{Step: i + 1, Name: name, Phase: messages.PhaseEnd, Duration: time.Since(start)}); err != nil {
 			return messages.Result{}, err
 		}
 	}

@@ -91,7 +91,18 @@ type Slot struct {
 	Computer messages.Computer
 	Guest    *guestlab.Guest // nil without namespace guests
 	events   chan esxsim.PowerEvent
+	downs    chan powerDown
 }
+
+// powerDown is a call stopping one of the slot's VMs, held until the slot's guest
+// has followed it (done closed).
+type powerDown struct {
+	esxsim.PowerDown
+	done chan struct{}
+}
+
+// followTimeout bounds how long a power-down call waits for its guest to stop.
+const followTimeout = 30 * time.Second
 
 // Datastore is where every host keeps images and VMs.
 const Datastore = esxsim.DefaultDatastore
@@ -183,7 +194,7 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 				PrivateIP: fmt.Sprintf("198.51.100.%d", 100+n%150), Eth0MAC: fmt.Sprintf("00:50:56:00:%02x:%02x", n/256, n%256),
 				Eth1MAC: fmt.Sprintf("00:50:56:01:%02x:%02x", n/256, n%256), RAMMB: 1024, CPUs: 1,
 			}
-			slot := &Slot{Host: h, HostID: int64(hi + 1), Computer: c, events: make(chan esxsim.PowerEvent, 64)}
+			slot := &Slot{Host: h, HostID: int64(hi + 1), Computer: c, events: make(chan esxsim.PowerEvent, 64), downs: make(chan powerDown)}
 			if l.Guests != nil {
 				g, err := l.Guests.NewGuest(ctx, short)
 				if err != nil {
@@ -205,6 +216,7 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 			l.watchWG.Add(1)
 			go l.follow(wctx, s)
 		}
+		l.ESX.OnPowerDown(func(p esxsim.PowerDown) { l.routeDown(wctx, p) })
 		l.watchWG.Add(1)
 		go func() {
 			defer l.watchWG.Done()
@@ -221,18 +233,56 @@ var vmNameRe = regexp.MustCompile(`^([A-Za-z0-9-]+)_\d+-v\d+$`)
 // route hands a power event to its slot's follower (never blocks the watcher for
 // long: a slot's queue holds 64 events).
 func (l *Lab) route(e esxsim.PowerEvent) {
-	m := vmNameRe.FindStringSubmatch(e.Name)
-	if m == nil {
-		return
-	}
-	s, ok := l.bySlot[m[1]]
-	if !ok || s.Host.Name != e.Host {
+	s, ok := l.slotOf(e.Host, e.Name)
+	if !ok {
 		return
 	}
 	select {
 	case s.events <- e:
 	case <-time.After(5 * time.Second):
-		l.log.Error().Str("slot", m[1]).Msg("devlab: guest follower stuck; power event dropped")
+		l.log.Error().Str("slot", s.Computer.ShortName).Msg("devlab: guest follower stuck; power event dropped")
+	}
+}
+
+// slotOf is the slot a VM of host belongs to, by VCL's VM naming.
+func (l *Lab) slotOf(host, vmName string) (*Slot, bool) {
+	m := vmNameRe.FindStringSubmatch(vmName)
+	if m == nil {
+		return nil, false
+	}
+	s, ok := l.bySlot[m[1]]
+	if !ok || s.Host.Name != host {
+		return nil, false
+	}
+	return s, true
+}
+
+// routeDown runs inside a host's PowerOff, Reset, Unregister or Destroy call, before
+// the host carries it out: the slot's follower stops the guest, and the call goes on
+// once it has (bounded by followTimeout). So when a load's startload has removed the
+// old VM, the old guest cannot answer the new VM's machinebooted probe. Calls of the
+// observer login are devlab's own (after a guest halted itself) and pass.
+func (l *Lab) routeDown(ctx context.Context, p esxsim.PowerDown) {
+	s, ok := l.slotOf(p.Host, p.Name)
+	if !ok || p.Observer {
+		return
+	}
+	d := powerDown{PowerDown: p, done: make(chan struct{})}
+	timeout := time.NewTimer(followTimeout)
+	defer timeout.Stop()
+	select {
+	case s.downs <- d:
+	case <-ctx.Done():
+		return
+	case <-timeout.C:
+		l.log.Error().Str("slot", s.Computer.ShortName).Str("vm", p.Name).Str("call", p.Method).Msg("devlab: guest follower busy; the VM stops without its guest")
+		return
+	}
+	select {
+	case <-d.done:
+	case <-ctx.Done():
+	case <-timeout.C:
+		l.log.Error().Str("slot", s.Computer.ShortName).Str("vm", p.Name).Str("call", p.Method).Msg("devlab: guest did not stop in time")
 	}
 }
 
@@ -248,10 +298,43 @@ func (l *Lab) follow(ctx context.Context, s *Slot) {
 	// it: one poll of the watcher can report a slot's new VM powered on before the old
 	// one's removal, and a reload with the same image reuses the VM name.
 	var runningVM, runningName string
+	// VMs the host stopped while the guest followed them (routeDown): a power-on
+	// event for one of them may be older than the stop, and is checked first.
+	downed := map[string]bool{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case d := <-s.downs:
+			if runningVM == "" || runningVM == d.VM {
+				var err error
+				switch {
+				case d.Reset():
+					// A hard reboot: the same disk boots again; the VM stays on.
+					if runningVM == d.VM {
+						if err = s.Guest.Stop(); err == nil {
+							bctx, cancel := context.WithTimeout(ctx, followTimeout)
+							err = s.Guest.Boot(bctx, s.Guest.Image())
+							cancel()
+						}
+						if err != nil {
+							runningVM, runningName = "", ""
+						}
+					}
+				case d.Removed():
+					runningVM, runningName = "", ""
+					downed[d.VM] = true
+					err = s.Guest.Reimage()
+				default:
+					runningVM, runningName = "", ""
+					downed[d.VM] = true
+					err = s.Guest.Stop()
+				}
+				if err != nil {
+					l.log.Warn().Err(err).Str("slot", s.Computer.ShortName).Str("vm", d.Name).Str("call", d.Method).Msg("devlab: guest did not follow its VM")
+				}
+			}
+			close(d.done)
 		case <-tick.C:
 			if runningVM != "" && !s.Guest.Running() {
 				vmName := runningName
@@ -265,6 +348,7 @@ func (l *Lab) follow(ctx context.Context, s *Slot) {
 			mine := runningVM == "" || runningVM == e.VM
 			switch {
 			case e.Removed:
+				delete(downed, e.VM)
 				if mine {
 					runningVM, runningName = "", ""
 					if err := s.Guest.Reimage(); err != nil {
@@ -274,6 +358,13 @@ func (l *Lab) follow(ctx context.Context, s *Slot) {
 			case e.PoweredOn():
 				if runningVM == e.VM && s.Guest.Running() {
 					continue
+				}
+				if downed[e.VM] {
+					// Reported on before the host stopped it? Ask the host.
+					if on, err := l.poweredOn(ctx, s.Host, e.Name); err != nil || !on {
+						continue
+					}
+					delete(downed, e.VM)
 				}
 				if s.Guest.Running() {
 					// Still the previous VM's guest: that VM is gone.
@@ -331,8 +422,27 @@ func imageInfo(extra map[string]string, c messages.Computer) guestlab.ImageInfo 
 	return guestlab.ImageInfo{Name: extra[hypervisor.KeyImageName], ID: id, RevisionID: rev, ComputerID: c.ID, Hostname: c.Hostname}
 }
 
+// poweredOn asks the host, through the observer login, whether the VM is on now.
+func (l *Lab) poweredOn(ctx context.Context, h *esxsim.Host, vmName string) (bool, error) {
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c, err := h.Observer(pctx)
+	if err != nil {
+		return false, err
+	}
+	vm, err := find.NewFinder(c).VirtualMachine(pctx, vmName)
+	if err != nil {
+		return false, err
+	}
+	state, err := vm.PowerState(pctx)
+	return state == types.VirtualMachinePowerStatePoweredOn, err
+}
+
 // Close stops everything the lab started.
 func (l *Lab) Close() {
+	if l.ESX != nil {
+		l.ESX.OnPowerDown(nil)
+	}
 	if l.cancel != nil {
 		l.cancel()
 		l.watchWG.Wait()

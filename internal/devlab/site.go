@@ -104,7 +104,11 @@ func (l *Lab) Request(s RequestSpec) *messages.Request {
 // its VM is powered on and keeps currentimage.txt's tags and accounts in memory. It
 // runs no sshd, firewall or useradd: `vclq dev` says so.
 type simGuest struct {
-	mu       sync.Mutex
+	mu sync.Mutex
+	// vm is the VM (managed object id) the guest runs in; downed are VMs the host
+	// stopped, whose older power-on events are checked with the host.
+	vm       string
+	downed   map[string]bool
 	running  bool
 	status   osconfig.NodeStatus
 	users    map[string]bool
@@ -114,39 +118,92 @@ type simGuest struct {
 func (l *Lab) simGuests() map[string]*simGuest {
 	sims := map[string]*simGuest{}
 	for _, s := range l.Slots {
-		sims[s.Computer.ShortName] = &simGuest{users: map[string]bool{}}
+		sims[s.Computer.ShortName] = &simGuest{users: map[string]bool{}, downed: map[string]bool{}}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l.cancel = chain(l.cancel, cancel)
+	// As with namespace guests (routeDown): a VM's stop reaches its guest before the
+	// host's call returns.
+	l.ESX.OnPowerDown(func(p esxsim.PowerDown) {
+		s, ok := l.slotOf(p.Host, p.Name)
+		if !ok || p.Observer {
+			return
+		}
+		sims[s.Computer.ShortName].down(p)
+	})
 	l.watchWG.Add(1)
 	go func() {
 		defer l.watchWG.Done()
 		_ = l.ESX.WatchPower(ctx, func(e esxsim.PowerEvent) {
-			m := vmNameRe.FindStringSubmatch(e.Name)
-			if m == nil {
-				return
-			}
-			g, ok := sims[m[1]]
+			s, ok := l.slotOf(e.Host, e.Name)
 			if !ok {
 				return
 			}
-			g.mu.Lock()
-			defer g.mu.Unlock()
-			switch {
-			case e.Removed:
-				g.running, g.status, g.users = false, osconfig.NodeStatus{}, map[string]bool{}
-			case e.PoweredOn():
-				if !g.running && g.status.ImageName == "" {
-					img := imageInfo(e.ExtraConfig, messages.Computer{})
-					g.status = osconfig.NodeStatus{ImageName: img.Name, ImageID: img.ID, RevisionID: img.RevisionID}
+			g := sims[s.Computer.ShortName]
+			if e.PoweredOn() && g.wasDowned(e.VM) {
+				// Reported on before the host stopped it? Ask the host.
+				if on, err := l.poweredOn(ctx, s.Host, e.Name); err != nil || !on {
+					return
 				}
-				g.running = true
-			default:
-				g.running = false
 			}
+			g.follow(e)
 		})
 	}()
 	return sims
+}
+
+// down is a stop of VM p.VM by the host, before the host carries it out.
+func (g *simGuest) down(p esxsim.PowerDown) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.vm != "" && g.vm != p.VM {
+		return // not the VM this guest follows
+	}
+	switch {
+	case p.Reset():
+		// A hard reboot: the guest stays up.
+	case p.Removed():
+		g.downed[p.VM] = true
+		g.vm, g.running, g.status, g.users = "", false, osconfig.NodeStatus{}, map[string]bool{}
+	default:
+		g.downed[p.VM] = true
+		g.running = false
+	}
+}
+
+func (g *simGuest) wasDowned(vm string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.downed[vm]
+}
+
+// follow applies a power event of the watch.
+func (g *simGuest) follow(e esxsim.PowerEvent) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	mine := g.vm == "" || g.vm == e.VM
+	switch {
+	case e.Removed:
+		delete(g.downed, e.VM)
+		if mine {
+			g.vm, g.running, g.status, g.users = "", false, osconfig.NodeStatus{}, map[string]bool{}
+		}
+	case e.PoweredOn():
+		delete(g.downed, e.VM)
+		if g.vm != "" && g.vm != e.VM {
+			// The previous VM is gone (its removal not seen yet): a new disk.
+			g.status, g.users = osconfig.NodeStatus{}, map[string]bool{}
+		}
+		if g.status.ImageName == "" {
+			img := imageInfo(e.ExtraConfig, messages.Computer{})
+			g.status = osconfig.NodeStatus{ImageName: img.Name, ImageID: img.ID, RevisionID: img.RevisionID}
+		}
+		g.vm, g.running = e.VM, true
+	default:
+		if mine {
+			g.running = false
+		}
+	}
 }
 
 func chain(a, b context.CancelFunc) context.CancelFunc {

@@ -233,7 +233,7 @@ func startHost(ctx context.Context, name, root string, opts Options) (*Host, err
 		ThumbprintSHA1:   thumbprint(sha1.New(), leaf.Raw),
 		Datastores:       map[string]string{},
 		observerPassword: randomString(),
-		faults:           newInjector(!opts.AllowCloneVM),
+		faults:           newInjector(name, !opts.AllowCloneVM),
 		watchInterval:    opts.WatchInterval,
 	}
 	if h.watchInterval <= 0 {

@@ -107,10 +107,12 @@ type injector struct {
 	inFlight      int
 	peak          int
 	pending       map[types.ManagedObjectReference][]types.BaseMethodFault // in-task faults
+	host          string                                                   // Host.Name, for powerDown
+	powerDown     powerDownHook
 }
 
-func newInjector(refuseClone bool) *injector {
-	return &injector{refuseClone: refuseClone, byMethod: map[string]int{}, pending: map[types.ManagedObjectReference][]types.BaseMethodFault{}}
+func newInjector(host string, refuseClone bool) *injector {
+	return &injector{host: host, refuseClone: refuseClone, byMethod: map[string]int{}, pending: map[types.ManagedObjectReference][]types.BaseMethodFault{}}
 }
 
 func (in *injector) add(r FaultRule) func() {
@@ -150,6 +152,7 @@ func (in *injector) handle(ctx *simulator.Context, m *simulator.Method) (mo.Refe
 		return nil, &types.NotSupported{}
 	}
 	if !isWorkerCall(ctx, m) {
+		in.powerDown.call(in.host, ctx, m)
 		return nil, nil
 	}
 	in.mu.Lock()
@@ -204,6 +207,9 @@ func (in *injector) handle(ctx *simulator.Context, m *simulator.Method) (mo.Refe
 		in.pending[m.This] = append(in.pending[m.This], fault)
 		in.mu.Unlock()
 		return nil, nil
+	}
+	if fault == nil {
+		in.powerDown.call(in.host, ctx, m)
 	}
 	return nil, fault
 }

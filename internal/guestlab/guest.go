@@ -198,30 +198,12 @@ const powerScript = "#!/bin/sh\n# vclq guest lab: power off this guest\n" +
 
 // makeDisk builds etc, root and home afresh (no currentimage.txt yet).
 func (g *Guest) makeDisk(ctx context.Context) error {
-	for _, d := range []string{"etc", "root", "home", "sbin"} {
+	for _, d := range []string{"root", "home", "sbin"} {
 		if err := os.RemoveAll(filepath.Join(g.dir, d)); err != nil {
 			return err
 		}
 	}
-	etc := filepath.Join(g.dir, "etc")
-	if _, err := run(ctx, nil, "cp", "-a", "/etc", etc); err != nil {
-		return err
-	}
-	keys, _ := filepath.Glob(filepath.Join(etc, "ssh", "ssh_host_*"))
-	for _, k := range keys {
-		if err := os.Remove(k); err != nil {
-			return err
-		}
-	}
-	_ = os.RemoveAll(filepath.Join(etc, "ssh", "sshd_config.d"))
-	if _, err := run(ctx, nil, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@"+g.name,
-		"-f", filepath.Join(etc, "ssh", "ssh_host_ed25519_key")); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(etc, "ssh", "sshd_config"), []byte(sshdConfig), 0o644); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(etc, "hostname"), []byte(g.name+"\n"), 0o644); err != nil {
+	if err := g.makeEtc(ctx); err != nil {
 		return err
 	}
 
@@ -273,7 +255,7 @@ func (g *Guest) start(ctx context.Context) error {
 	d := shq(g.dir)
 	script := strings.Join([]string{
 		"set -e",
-		"mount --bind " + d + "/etc /etc",
+		g.etcMount(),
 		"mount --bind " + d + "/root /root",
 		"mount --bind " + d + "/home /home",
 		"mount --bind " + d + "/sbin /usr/local/sbin",
@@ -469,7 +451,7 @@ func (g *Guest) Exec(ctx context.Context, stdin []byte, args ...string) ([]byte,
 
 // HostKey reads the guest's current ed25519 host public key from its disk.
 func (g *Guest) HostKey() (ssh.PublicKey, error) {
-	b, err := os.ReadFile(filepath.Join(g.dir, "etc", "ssh", "ssh_host_ed25519_key.pub"))
+	b, err := os.ReadFile(filepath.Join(g.dir, etcUpper, "ssh", "ssh_host_ed25519_key.pub"))
 	if err != nil {
 		return nil, fmt.Errorf("guestlab: guest %s: %w", g.name, err)
 	}

@@ -78,6 +78,9 @@ type Lab struct {
 	guests  []*Guest
 	clients []*Client
 	closed  bool
+
+	tmplMu sync.Mutex
+	tmpl   string // the guests' /etc template (disk.go), made at the first disk
 }
 
 var nameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,19}$`)

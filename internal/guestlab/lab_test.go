@@ -39,6 +39,25 @@ func TestGuestLifecycle(t *testing.T) {
 		os.Remove("/etc/vclq-lab-marker")
 		t.Fatal("a file written to the guest's /etc appeared on the host")
 	}
+	// The disk as the guest sees it, read from outside: a written file, a deleted
+	// one (a whiteout over the template), an untouched one.
+	if _, err := g.Exec(ctx, nil, "rm", "/etc/issue"); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := g.DiskFile("/etc/vclq-lab-marker"); !ok {
+		t.Error("DiskFile misses a file the guest wrote")
+	} else if b, _ := os.ReadFile(p); string(b) != "marker\n" {
+		t.Errorf("DiskFile(/etc/vclq-lab-marker) = %q", b)
+	}
+	if p, ok := g.DiskFile("/etc/issue"); ok {
+		t.Errorf("DiskFile finds /etc/issue the guest deleted: %s", p)
+	}
+	if _, err := os.Stat("/etc/issue"); err != nil {
+		t.Errorf("deleting the guest's /etc/issue touched the host's: %v", err)
+	}
+	if _, ok := g.DiskFile("/etc/passwd"); !ok {
+		t.Error("DiskFile misses /etc/passwd")
+	}
 	out, err := g.Exec(ctx, nil, "cat", "/root/currentimage.txt")
 	if err != nil || !strings.HasPrefix(string(out), img.Name+"\nid=7\nimagerevision_id=70\n") {
 		t.Fatalf("currentimage.txt = %q, %v", out, err)

@@ -164,7 +164,7 @@ func (h *Handler) Handle(ctx context.Context, job *worker.Job) (res messages.Res
 	}
 	start := time.Now()
 	if h.spec.Events {
-		if err := job.Events.Loadlog(ctx, 1, messages.LoadStatusCheck, messages.PhaseBegin, "", 0); err != nil {
+		if err := job.Events.Loadlog(ctx, worker.StepEvent{Step: 1, Name: messages.LoadStatusCheck, Phase: messages.PhaseBegin}); err != nil {
 			return res, err
 		}
 	}
@@ -184,7 +184,7 @@ func (h *Handler) Handle(ctx context.Context, job *worker.Job) (res messages.Res
 		return failState(r), fmt.Errorf("reservation %d delivery %d: %w", r.Reservation.ID, job.Delivery, ErrSimulated)
 	}
 	if h.spec.Events {
-		if err := job.Events.Loadlog(ctx, 1, messages.LoadStatusCheck, messages.PhaseEnd, "simulated", time.Since(start)); err != nil {
+		if err := job.Events.Loadlog(ctx, worker.StepEvent{Step: 1, Name: messages.LoadStatusCheck, Phase: messages.PhaseEnd, Info: "simulated", Duration: time.Since(start)}); err != nil {
 			return res, err
 		}
 	}

@@ -52,7 +52,7 @@ func TestParse(t *testing.T) {
 
 type sink struct{ n int }
 
-func (s *sink) Loadlog(context.Context, int, string, messages.Phase, string, time.Duration) error {
+func (s *sink) Loadlog(context.Context, worker.StepEvent) error {
 	s.n++
 	return nil
 }
