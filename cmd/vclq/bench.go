@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -13,11 +14,25 @@ import (
 
 // vclq bench [suite...]: run the measurement suites and write BENCHMARKS.md.
 func runBench(ctx context.Context, e *env, args []string) int {
-	var out string
-	fs := flagSet(e, "bench", "[--out FILE] [suite...]")
+	var out, cpuProfile string
+	fs := flagSet(e, "bench", "[--out FILE] [--cpuprofile FILE] [suite...]")
 	fs.StringVar(&out, "out", "docs/BENCHMARKS.md", "Markdown file to write (- for stdout)")
+	fs.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process (server, clients, simulators) to FILE")
 	if code, ok := parse(fs, args); !ok {
 		return code
+	}
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "bench: %v\n", err)
+			return exitUsage
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(e.stderr, "bench: %v\n", err)
+			return exitFailure
+		}
+		defer pprof.StopCPUProfile()
 	}
 	want := map[string]bool{}
 	for _, a := range fs.Args() {

@@ -14,15 +14,17 @@
 // collide. Names carry a random lab id; a lab whose process died is swept by the next
 // New.
 //
-// A guest's disk is a directory, made by NewGuest: etc copied from the host's /etc
-// (host keys removed, a new ed25519 host key generated, our own sshd_config written),
+// A guest's disk is a directory, made by NewGuest: /etc is an overlay of a lab-wide
+// copy of the host's /etc (host keys removed, our own sshd_config written; made once)
+// and the guest's own upper layer (a new ed25519 host key, its hostname, its changes),
 // root seeded from /etc/skel plus Config.AuthorizedKeys (only that: the host's /root is
 // never copied; it holds credentials), and home copied from the host's /home. Boot(img)
 // starts sshd in the namespaces, after writing the image's currentimage.txt in root's
 // home when the disk was never booted; Stop kills the guest's PID namespace. Reimage
 // gives the guest a fresh disk (and so a new host key) at the next Boot, as a reload
 // does; so does booting another image. shutdown, poweroff and halt inside the guest
-// stop it (a small script in the guest's /usr/local/sbin).
+// stop it (a small script in the guest's /usr/local/sbin). DiskFile reads the disk as
+// the guest sees it.
 //
 // Everything needs root, ip, unshare, nsenter, sshd, ssh-keygen and iptables; Check
 // reports what is missing, and NewForTest skips the test with that reason. Close (or the
