@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -326,5 +328,58 @@ func TestEventsCarryTheirStepsMoments(t *testing.T) {
 	last := n - 1
 	if lag := hs.rec.received[last].Sub(hs.rec.events[last].Time); lag < time.Duration(n/2)*hs.rec.delay {
 		t.Fatalf("last event stored %s after it happened; want the publish backlog (%d events × %s) in between: its time is the publish time", lag, n, hs.rec.delay)
+	}
+}
+
+// batchRecorder takes events in batches, as the worker's sink does.
+type batchRecorder struct {
+	recorder
+	batches []int
+}
+
+func (b *batchRecorder) LoadlogBatch(ctx context.Context, evs []worker.StepEvent) error {
+	b.mu.Lock()
+	b.batches = append(b.batches, len(evs))
+	b.mu.Unlock()
+	for _, e := range evs {
+		if err := b.recorder.Loadlog(ctx, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// With a sink that takes batches, events that queued up behind a slow store go
+// together, in order, and none is lost or repeated.
+func TestEventsGoInOrderedBatches(t *testing.T) {
+	one := newHarness(t, nil)
+	req := request(t, messages.KindNew)
+	one.vms.images[req.Image.Name] = true
+	if _, err := one.handle(t.Context(), req, 1); err != nil {
+		t.Fatal(err)
+	}
+	hs := newHarness(t, nil)
+	hs.vms.images[req.Image.Name] = true
+	b := &batchRecorder{recorder: recorder{delay: 10 * time.Millisecond}}
+	if _, err := hs.h.Handle(t.Context(), &worker.Job{Request: req, Seq: 9, Delivery: 1, MaxDeliver: 3, Fence: 1, Events: b, Worker: "w1"}); err != nil {
+		t.Fatal(err)
+	}
+	seq := func(evs []messages.Loadlog) string {
+		var out []string
+		for _, e := range evs {
+			out = append(out, fmt.Sprintf("%d %s %s %s", e.Step, e.Name, e.Phase, e.Info))
+		}
+		return strings.Join(out, "\n")
+	}
+	if got, want := seq(b.events), seq(one.rec.events); got != want {
+		t.Fatalf("batched events:\n%s\nwant (as sent one by one):\n%s", got, want)
+	}
+	for i := 1; i < len(b.events); i++ {
+		if b.events[i].Step < b.events[i-1].Step {
+			t.Fatalf("event %d (step %d) after step %d", i, b.events[i].Step, b.events[i-1].Step)
+		}
+	}
+	if slices.Max(b.batches) < 2 {
+		t.Fatalf("batches %v: events queued behind a slow store were not batched", b.batches)
 	}
 }

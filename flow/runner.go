@@ -65,15 +65,45 @@ func newRunner(events worker.EventSink, log zerolog.Logger) *runner {
 	return r
 }
 
-// publish stores the queued events in order.
+// batchSink is an event sink that can store several events in order at once (the
+// worker's: one round trip for the batch).
+type batchSink interface {
+	LoadlogBatch(ctx context.Context, evs []worker.StepEvent) error
+}
+
+// maxBatch bounds the events published together.
+const maxBatch = 32
+
+// publish stores the queued events in order: one at a time, or, when the sink takes
+// batches, everything queued so far at once.
 func (r *runner) publish() {
 	defer close(r.done)
+	bs, batched := r.events.(batchSink)
+	batch := make([]worker.StepEvent, 0, maxBatch)
 	for ev := range r.queue {
+		batch = append(batch[:0], ev)
+		for batched && len(batch) < maxBatch {
+			select {
+			case more, ok := <-r.queue:
+				if ok {
+					batch = append(batch, more)
+					continue
+				}
+			default:
+			}
+			break
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		if err := r.events.Loadlog(ctx, ev); err != nil && !errors.Is(err, context.Canceled) {
-			r.log.Warn().Err(err).Str("step", ev.Name).Str("phase", string(ev.Phase)).Msg("loadlog event not published")
+		var err error
+		if batched {
+			err = bs.LoadlogBatch(ctx, batch)
+		} else {
+			err = r.events.Loadlog(ctx, ev)
 		}
 		cancel()
+		if err != nil && !errors.Is(err, context.Canceled) {
+			r.log.Warn().Err(err).Str("step", ev.Name).Str("phase", string(ev.Phase)).Int("events", len(batch)).Msg("loadlog events not published")
+		}
 	}
 }
 

@@ -102,6 +102,64 @@ func (p *Publisher) Loadlog(ctx context.Context, l *messages.Loadlog) error {
 	return p.publish(ctx, m, l.MsgID())
 }
 
+// LoadlogBatch publishes events as Loadlog does, pipelined: all are sent at once
+// (asynchronously, in order, on one connection, so the server stores them in order)
+// and then awaited, one round trip for the batch instead of one per event. Events
+// whose asynchronous publish failed are published again one by one, in order, with
+// Loadlog's retries; such an event may then be stored after later ones of the batch
+// (its step number and time still place it). An invalid event fails the call before
+// anything is sent.
+func (p *Publisher) LoadlogBatch(ctx context.Context, ls []*messages.Loadlog) error {
+	msgs := make([]*nats.Msg, len(ls))
+	for i, l := range ls {
+		if err := l.Validate(); err != nil {
+			return fmt.Errorf("%w: loadlog %s: %w", ErrInvalidEvent, l.MsgID(), err)
+		}
+		data, err := json.Marshal(l)
+		if err != nil {
+			return fmt.Errorf("%w: loadlog %s: %w", ErrInvalidEvent, l.MsgID(), err)
+		}
+		m := nats.NewMsg(messages.LoadlogSubject(l.ReservationID))
+		m.Data = data
+		setCommon(m.Header, l.ReservationID, l.RequestID, l.Kind, l.Worker)
+		m.Header.Set(messages.HeaderState, l.Name)
+		msgs[i] = m
+	}
+	futures := make([]jetstream.PubAckFuture, len(msgs))
+	for i, m := range msgs {
+		f, err := p.js.PublishMsgAsync(m, jetstream.WithMsgID(ls[i].MsgID()))
+		if err != nil {
+			break // the rest go one by one below
+		}
+		futures[i] = f
+	}
+	wctx, cancel := context.WithTimeout(ctx, p.o.Timeout)
+	defer cancel()
+	failed := make([]bool, len(msgs))
+	for i, f := range futures {
+		if f == nil {
+			failed[i] = true
+			continue
+		}
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			p.log.Warn().Err(err).Str("msg_id", ls[i].MsgID()).Msg("pipelined publish failed, retrying alone")
+			failed[i] = true
+		case <-wctx.Done():
+			failed[i] = true
+		}
+	}
+	for i, m := range msgs {
+		if failed[i] {
+			if err := p.publish(ctx, m, ls[i].MsgID()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Result publishes a result event on vcl.events.result.<reservation> with its dedup
 // id (one per request delivery outcome: the first stored wins). It validates the event
 // first (ErrInvalidEvent, not retried).

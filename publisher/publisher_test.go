@@ -222,3 +222,37 @@ func TestWatchAsyncErrors(t *testing.T) {
 		t.Fatalf("err %v, want it to mention the asynchronous error", err)
 	}
 }
+
+// A batch is stored in order, each event once: sending it again (a re-run flush)
+// stores nothing; an invalid event fails the batch before anything is sent.
+func TestLoadlogBatchStoresInOrderOnce(t *testing.T) {
+	j := testutil.StartVCLJetStream(t, streams.Options{})
+	p := publisher.New(j.JS, publisher.Options{}, zerolog.Nop())
+	ctx := context.Background()
+	var batch []*messages.Loadlog
+	for step := 1; step <= 20; step++ {
+		batch = append(batch, loadlog(step, messages.PhaseBegin, ""), loadlog(step, messages.PhaseEnd, ""))
+	}
+	for range 2 {
+		if err := p.LoadlogBatch(ctx, batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ls := stored(t, j, messages.StreamEvents, messages.LoadlogSubject(7001))
+	if len(ls) != len(batch) {
+		t.Fatalf("%d events stored, want %d", len(ls), len(batch))
+	}
+	for i, m := range ls {
+		if want := batch[i].MsgID(); m.Header.Get(messages.HeaderMsgID) != want {
+			t.Fatalf("event %d stored is %s, want %s (the batch's order)", i, m.Header.Get(messages.HeaderMsgID), want)
+		}
+	}
+	bad := loadlog(99, messages.PhaseBegin, "")
+	bad.Name = "not a state"
+	if err := p.LoadlogBatch(ctx, []*messages.Loadlog{loadlog(98, messages.PhaseBegin, ""), bad}); !errors.Is(err, publisher.ErrInvalidEvent) {
+		t.Fatalf("err %v, want ErrInvalidEvent", err)
+	}
+	if n := len(stored(t, j, messages.StreamEvents, messages.LoadlogSubject(7001))); n != len(batch) {
+		t.Fatalf("%d events stored after an invalid batch, want %d", n, len(batch))
+	}
+}

@@ -434,7 +434,27 @@ type jobEvents struct {
 	j *job
 }
 
+// LoadlogBatch publishes events in order with one round trip (publisher.LoadlogBatch).
+func (e *jobEvents) LoadlogBatch(ctx context.Context, evs []StepEvent) error {
+	ls := make([]*messages.Loadlog, len(evs))
+	for i, ev := range evs {
+		ls[i] = e.loadlog(ev)
+	}
+	if err := e.p.pub.LoadlogBatch(ctx, ls); err != nil {
+		return fmt.Errorf("reservation %d: %d loadlog events: %w", e.j.req.Reservation.ID, len(ls), err)
+	}
+	return nil
+}
+
 func (e *jobEvents) Loadlog(ctx context.Context, ev StepEvent) error {
+	l := e.loadlog(ev)
+	if err := e.p.pub.Loadlog(ctx, l); err != nil {
+		return fmt.Errorf("reservation %d: loadlog %s %s: %w", l.ReservationID, l.Name, l.Phase, err)
+	}
+	return nil
+}
+
+func (e *jobEvents) loadlog(ev StepEvent) *messages.Loadlog {
 	at := ev.At
 	if at.IsZero() {
 		at = time.Now()
@@ -455,8 +475,5 @@ func (e *jobEvents) Loadlog(ctx context.Context, ev StepEvent) error {
 		Worker:        e.p.cfg.ID,
 		RequestSeq:    e.j.seq,
 	}
-	if err := e.p.pub.Loadlog(ctx, l); err != nil {
-		return fmt.Errorf("reservation %d: loadlog %s %s: %w", l.ReservationID, name, phase, err)
-	}
-	return nil
+	return l
 }
