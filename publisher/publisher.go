@@ -88,18 +88,27 @@ func (p *Publisher) WatchAsyncErrors(nc *nats.Conn) {
 // Loadlog publishes a loadlog event on vcl.events.loadlog.<reservation> with its
 // dedup id. It validates the event first (ErrInvalidEvent, not retried).
 func (p *Publisher) Loadlog(ctx context.Context, l *messages.Loadlog) error {
+	m, err := loadlogMsg(l)
+	if err != nil {
+		return err
+	}
+	return p.publish(ctx, m, l.MsgID())
+}
+
+// loadlogMsg validates l and makes its message (ErrInvalidEvent if l is invalid).
+func loadlogMsg(l *messages.Loadlog) (*nats.Msg, error) {
 	if err := l.Validate(); err != nil {
-		return fmt.Errorf("%w: loadlog %s: %w", ErrInvalidEvent, l.MsgID(), err)
+		return nil, fmt.Errorf("%w: loadlog %s: %w", ErrInvalidEvent, l.MsgID(), err)
 	}
 	data, err := json.Marshal(l)
 	if err != nil {
-		return fmt.Errorf("%w: loadlog %s: %w", ErrInvalidEvent, l.MsgID(), err)
+		return nil, fmt.Errorf("%w: loadlog %s: %w", ErrInvalidEvent, l.MsgID(), err)
 	}
 	m := nats.NewMsg(messages.LoadlogSubject(l.ReservationID))
 	m.Data = data
 	setCommon(m.Header, l.ReservationID, l.RequestID, l.Kind, l.Worker)
 	m.Header.Set(messages.HeaderState, l.Name)
-	return p.publish(ctx, m, l.MsgID())
+	return m, nil
 }
 
 // LoadlogBatch publishes events as Loadlog does, pipelined: all are sent at once
@@ -112,17 +121,10 @@ func (p *Publisher) Loadlog(ctx context.Context, l *messages.Loadlog) error {
 func (p *Publisher) LoadlogBatch(ctx context.Context, ls []*messages.Loadlog) error {
 	msgs := make([]*nats.Msg, len(ls))
 	for i, l := range ls {
-		if err := l.Validate(); err != nil {
-			return fmt.Errorf("%w: loadlog %s: %w", ErrInvalidEvent, l.MsgID(), err)
-		}
-		data, err := json.Marshal(l)
+		m, err := loadlogMsg(l)
 		if err != nil {
-			return fmt.Errorf("%w: loadlog %s: %w", ErrInvalidEvent, l.MsgID(), err)
+			return err
 		}
-		m := nats.NewMsg(messages.LoadlogSubject(l.ReservationID))
-		m.Data = data
-		setCommon(m.Header, l.ReservationID, l.RequestID, l.Kind, l.Worker)
-		m.Header.Set(messages.HeaderState, l.Name)
 		msgs[i] = m
 	}
 	futures := make([]jetstream.PubAckFuture, len(msgs))
