@@ -82,6 +82,9 @@ type Lab struct {
 	cancel  context.CancelFunc
 	watchWG sync.WaitGroup
 	bySlot  map[string]*Slot
+
+	simOnce sync.Once
+	sims    map[string]*simGuest // without namespace guests: made by the first Handler
 }
 
 // Slot is one VM computer: its host, its VCL computer row and its guest.

@@ -35,7 +35,8 @@ func (l *Lab) Handler(log zerolog.Logger, sealer *flow.Sealer, boot flow.BootWai
 	}
 	cfg.Sealer, cfg.LinuxBootWait, cfg.WindowsBootWait = sealer, boot, boot
 	if l.Guests == nil {
-		sims := l.simGuests()
+		l.simOnce.Do(func() { l.sims = l.simGuests() })
+		sims := l.sims
 		cfg.ExpectNewHostKey, cfg.SettleHostKey = nil, nil
 		cfg.Guest = func(t osconfig.Target, _ string, _ osconfig.Progress) (flow.Guest, error) {
 			g, ok := sims[t.Slot]

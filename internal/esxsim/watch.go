@@ -22,6 +22,9 @@ type PowerEvent struct {
 	// PowerState is "poweredOn", "poweredOff" or "suspended".
 	PowerState string
 	Removed    bool
+	// BootTime is when the VM was last powered on (zero while off): a power cycle
+	// shorter than the watch interval shows as a new BootTime.
+	BootTime time.Time
 	// ExtraConfig is the VM's extraConfig (the metadata the load wrote).
 	ExtraConfig map[string]string
 }
@@ -36,7 +39,8 @@ func (e PowerEvent) PoweredOn() bool {
 const DefaultWatchInterval = 50 * time.Millisecond
 
 // WatchPower calls fn for every VM of the host as the watch starts, then for each power
-// state change and each VM unregistered, until ctx ends (it then returns nil).
+// state change (a new boot time included) and each VM unregistered, until ctx ends (it
+// then returns nil).
 //
 // It reads, every Options.WatchInterval, the host's "vm" list and then the name, power state
 // and extraConfig of the VMs listed, with the property collector through the observer
@@ -70,7 +74,7 @@ func (h *Host) WatchPower(ctx context.Context, fn func(PowerEvent)) error {
 		var vms []mo.VirtualMachine
 		skip := false
 		if err == nil && len(hs.Vm) > 0 {
-			err = pc.Retrieve(ctx, hs.Vm, []string{"name", "runtime.powerState", "config.extraConfig"}, &vms)
+			err = pc.Retrieve(ctx, hs.Vm, []string{"name", "runtime.powerState", "summary.runtime.bootTime", "config.extraConfig"}, &vms)
 			if fault.Is(err, &types.ManagedObjectNotFound{}) {
 				err, skip = nil, true // unregistered between the two reads: next round
 			}
@@ -100,7 +104,10 @@ func (h *Host) WatchPower(ctx context.Context, fn func(PowerEvent)) error {
 				if vm.Config != nil {
 					ev.ExtraConfig = extraConfig(types.ArrayOfOptionValue{OptionValue: vm.Config.ExtraConfig})
 				}
-				if old, ok := known[vm.Self]; !ok || old.PowerState != ev.PowerState {
+				if bt := vm.Summary.Runtime.BootTime; bt != nil {
+					ev.BootTime = *bt
+				}
+				if old, ok := known[vm.Self]; !ok || old.PowerState != ev.PowerState || !old.BootTime.Equal(ev.BootTime) {
 					fn(ev)
 				}
 				known[vm.Self] = ev
