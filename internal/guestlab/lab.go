@@ -103,7 +103,28 @@ func Check() error {
 	if _, err := os.Stat("/proc/self/ns/net"); err != nil {
 		return fmt.Errorf("%w: no network namespaces: %v", ErrUnavailable, err)
 	}
+	if !hasOverlayFS() {
+		return fmt.Errorf("%w: no overlay file system (guests' /etc is an overlay; try modprobe overlay)", ErrUnavailable)
+	}
 	return nil
+}
+
+// hasOverlayFS reports whether the kernel offers overlayfs, loading its module if
+// needed.
+func hasOverlayFS() bool {
+	listed := func() bool {
+		b, err := os.ReadFile("/proc/filesystems")
+		return err == nil && regexp.MustCompile(`(?m)\soverlay$`).Match(b)
+	}
+	if listed() {
+		return true
+	}
+	if p, err := lookTool("modprobe"); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = exec.CommandContext(ctx, p, "overlay").Run()
+	}
+	return listed()
 }
 
 func lookTool(name string) (string, error) {
