@@ -42,7 +42,17 @@ func TestMain(m *testing.M) {
 // the same JSON configuration an operator writes.
 func (s *site) startWorkerProcess(t *testing.T, id string) *exec.Cmd {
 	t.Helper()
+	return s.startWorkerProcessWith(t, id, "")
+}
+
+// startWorkerProcessWith is startWorkerProcess with the node's own known_hosts file
+// (the lab's when empty).
+func (s *site) startWorkerProcessWith(t *testing.T, id, knownHosts string) *exec.Cmd {
+	t.Helper()
 	setup := s.lab.Setup()
+	if knownHosts != "" {
+		setup.KnownHostsFile = knownHosts
+	}
 	setup.BootTimeout, setup.BootInterval = flow.Duration(time.Minute), flow.Duration(200*time.Millisecond)
 	cfg := map[string]any{
 		"nats": map[string]string{"url": s.js.URL}, "id": id, "concurrency": 2,

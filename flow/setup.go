@@ -34,6 +34,10 @@ type Setup struct {
 	BootTimeout Duration `json:"boot_timeout,omitempty"`
 	// BootInterval overrides the readiness poll interval. Optional.
 	BootInterval Duration `json:"boot_interval,omitempty"`
+
+	// HostKeyStore shares recorded host keys with the other management nodes (the
+	// worker sets it to the vclq_hostkeys bucket). Optional; not configuration.
+	HostKeyStore osconfig.HostKeyStore `json:"-"`
 }
 
 // HostSetup is one ESX host.
@@ -88,7 +92,7 @@ func (s Setup) Config(log zerolog.Logger) (Config, func(context.Context), error)
 		return Config{}, nil, fmt.Errorf("flow setup: %w", err)
 	}
 	closeHosts := func(ctx context.Context) { _ = pool.Close(ctx) }
-	ssh, err := osconfig.New(osconfig.Config{KeyFile: s.SSHKeyFile, KnownHostsFile: s.KnownHostsFile, Logger: &log})
+	ssh, err := osconfig.New(osconfig.Config{KeyFile: s.SSHKeyFile, KnownHostsFile: s.KnownHostsFile, SharedHostKeys: s.HostKeyStore, Logger: &log})
 	if err != nil {
 		closeHosts(context.Background())
 		return Config{}, nil, fmt.Errorf("flow setup: %w", err)

@@ -63,6 +63,9 @@ const (
 	BucketSlotLeases = "vclq_slots"
 	// BucketWorkers is the worker registry (heartbeats) behind `vclq status`.
 	BucketWorkers = "vclq_workers"
+	// BucketHostKeys holds each slot's SSH host key as the management node that last
+	// loaded it recorded it, shared by all nodes (sharedkeys).
+	BucketHostKeys = "vclq_hostkeys"
 
 	SubjectEventsAll        = "vcl.events.>"
 	SubjectLoadlogPrefix    = "vcl.events.loadlog."

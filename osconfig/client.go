@@ -54,6 +54,9 @@ type Config struct {
 	CommandTimeout time.Duration
 	// Dialer opens connections. default: a net.Dialer.
 	Dialer Dialer
+	// SharedHostKeys shares recorded host keys with the other management nodes (see
+	// the package doc). Optional: without it each node knows only its own records.
+	SharedHostKeys HostKeyStore
 	// Logger. default: disabled.
 	Logger *zerolog.Logger
 }
@@ -103,6 +106,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("osconfig: %w", err)
 	}
+	keys.shared = cfg.SharedHostKeys
 	return &Client{cfg: cfg, signer: signer, keys: keys, log: log}, nil
 }
 

@@ -26,6 +26,10 @@
 //     cannot switch to another of its keys.
 //   - InsecureIgnoreHostKey is never used. WaitForResponse stops at once on
 //     ErrHostKeyChanged instead of retrying.
+//   - With Config.SharedHostKeys, what a node records is shared with the other
+//     management nodes: a changed key is accepted when it is the one the store holds
+//     for the slot (another node re-imaged it), and a first contact is refused when it
+//     presents another key than the store's.
 //
 // # Input safety
 //

@@ -3,6 +3,7 @@ package osconfig
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/ssh"
@@ -21,8 +23,9 @@ import (
 // trust on first use, then enforce, except right after our own re-image of the slot
 // (ExpectNewHostKey), once.
 type hostKeys struct {
-	file string
-	log  zerolog.Logger
+	file   string
+	log    zerolog.Logger
+	shared HostKeyStore // nil: this node's records only
 
 	mu    sync.Mutex      // serialises file access in this process (flock does it across processes)
 	rekey map[string]bool // slot -> a changed key may be accepted once
@@ -41,6 +44,57 @@ func newHostKeys(file string, log zerolog.Logger) (*hostKeys, error) {
 		return nil, fmt.Errorf("known_hosts %s: %w", file, err)
 	}
 	return &hostKeys{file: file, log: log, rekey: map[string]bool{}}, nil
+}
+
+// HostKeyStore holds, per slot, the host key the management node that last loaded the
+// slot recorded (its address and key), so that another node taking over the slot's
+// next request accepts the re-imaged guest's new key instead of refusing it as
+// changed. Whoever can write it is trusted like a node: it is the queue's own
+// JetStream (sharedkeys), behind the same credentials.
+type HostKeyStore interface {
+	// GetHostKey returns the slot's record; ok is false when there is none.
+	GetHostKey(ctx context.Context, slot string) (address string, key ssh.PublicKey, ok bool, err error)
+	// PutHostKey records the slot's key at address.
+	PutHostKey(ctx context.Context, slot, address string, key ssh.PublicKey) error
+}
+
+// sharedTimeout bounds one call to the shared host key store.
+const sharedTimeout = 5 * time.Second
+
+// fleetKey is the shared store's key for slot at address (nil if none, another
+// address, or the store cannot be read).
+func (h *hostKeys) fleetKey(slot, address string) ssh.PublicKey {
+	if h.shared == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sharedTimeout)
+	defer cancel()
+	addr, key, ok, err := h.shared.GetHostKey(ctx, slot)
+	if err != nil {
+		h.log.Warn().Err(err).Str("computer", slot).Msg("shared host keys: read failed; using this node's records only")
+		return nil
+	}
+	if !ok || addr != knownhosts.Normalize(address) {
+		return nil
+	}
+	return key
+}
+
+// share records key for slot in the shared store (a failure is logged: this node's
+// record stands, and another node falls back to refusing the key).
+func (h *hostKeys) share(slot, address string, key ssh.PublicKey) {
+	if h.shared == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sharedTimeout)
+	defer cancel()
+	if err := h.shared.PutHostKey(ctx, slot, knownhosts.Normalize(address), key); err != nil {
+		h.log.Warn().Err(err).Str("computer", slot).Msg("shared host keys: write failed")
+	}
+}
+
+func sameKey(a, b ssh.PublicKey) bool {
+	return a != nil && b != nil && bytes.Equal(a.Marshal(), b.Marshal())
 }
 
 // expect allows the next host key check of slot to accept a changed key.
@@ -112,11 +166,19 @@ func (h *hostKeys) callback(slot string) ssh.HostKeyCallback {
 			// until a changed key uses it or the load settles it.
 			return nil
 		case errors.As(err, &kerr) && len(kerr.Want) == 0:
-			// First contact with this address: record the key.
+			// First contact with this address: record the key, unless another node
+			// recorded a different one for the slot (and this is not our re-image).
+			if !h.rekey[slot] {
+				if fk := h.fleetKey(slot, address); fk != nil && !sameKey(fk, key) {
+					return fmt.Errorf("%w: %s presents %s, but the management nodes recorded %s for slot %s",
+						ErrHostKeyChanged, address, ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(fk), slot)
+				}
+			}
 			if err := h.replace(address, key); err != nil {
 				return err
 			}
 			delete(h.rekey, slot)
+			h.share(slot, address, key)
 			h.log.Info().Str("computer", slot).Str("host", address).Str("host_key", ssh.FingerprintSHA256(key)).Msg("host key recorded on first contact")
 			return nil
 		case errors.As(err, &kerr) && h.rekey[slot]:
@@ -124,10 +186,20 @@ func (h *hostKeys) callback(slot string) ssh.HostKeyCallback {
 				return err
 			}
 			delete(h.rekey, slot)
+			h.share(slot, address, key)
 			h.log.Warn().Str("computer", slot).Str("host", address).Str("host_key", ssh.FingerprintSHA256(key)).
 				Str("old_host_key", ssh.FingerprintSHA256(kerr.Want[0].Key)).Msg("host key replaced after our re-image of the slot")
 			return nil
 		case errors.As(err, &kerr):
+			if fk := h.fleetKey(slot, address); sameKey(fk, key) {
+				// Another management node re-imaged the slot and recorded this key.
+				if err := h.replace(address, key); err != nil {
+					return err
+				}
+				h.log.Info().Str("computer", slot).Str("host", address).Str("host_key", ssh.FingerprintSHA256(key)).
+					Str("old_host_key", ssh.FingerprintSHA256(kerr.Want[0].Key)).Msg("host key taken from another management node's record")
+				return nil
+			}
 			return fmt.Errorf("%w: %s presents %s, recorded %s, and no re-image of slot %s was announced",
 				ErrHostKeyChanged, address, ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(kerr.Want[0].Key), slot)
 		default:

@@ -176,6 +176,13 @@ func Define(o Options) Definitions {
 				LimitMarkerTTL: time.Minute,
 			},
 			{
+				Bucket:      messages.BucketHostKeys,
+				Description: "vclq: each slot's SSH host key as the node that last loaded it recorded it",
+				History:     5,
+				Storage:     jetstream.FileStorage,
+				Replicas:    o.Replicas,
+			},
+			{
 				Bucket:      messages.BucketWorkers,
 				Description: "vclq: worker registry (heartbeats) for vclq status",
 				History:     1,

@@ -12,11 +12,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/vclq/vclq/flow"
 	"github.com/vclq/vclq/internal/natsconn"
 	"github.com/vclq/vclq/internal/simhandler"
+	"github.com/vclq/vclq/sharedkeys"
 	"github.com/vclq/vclq/streams"
 	"github.com/vclq/vclq/worker"
 )
@@ -152,19 +151,6 @@ func (c workerConfig) streams() streams.Options {
 	return streams.Options{Replicas: c.Replicas, AckWait: time.Duration(c.AckWait), MaxDeliver: c.MaxDeliver}
 }
 
-// newHandler builds the job handler named by spec; "flow" builds the real flows from
-// setup (the returned close function ends host sessions).
-func newHandler(spec string, setup *flow.Setup, log zerolog.Logger) (worker.Handler, func(context.Context), error) {
-	if spec == "flow" {
-		if setup == nil {
-			return nil, nil, errors.New(`handler "flow" needs a "flow" section in the configuration file`)
-		}
-		return setup.Build(log)
-	}
-	h, err := newSimHandler(spec)
-	return h, func(context.Context) {}, err
-}
-
 func newSimHandler(spec string) (worker.Handler, error) {
 	if s, ok := strings.CutPrefix(spec, "sim:"); ok {
 		return simhandler.New(s)
@@ -191,16 +177,25 @@ func runWorker(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "vclq worker: unexpected arguments %q\n", fs.Args())
 		return exitUsage
 	}
-	h, closeHosts, err := newHandler(c.Handler, c.Flow, e.log)
-	if err != nil {
-		fmt.Fprintln(e.stderr, "vclq worker:", err)
-		return exitUsage
-	}
+	// A simulated handler is checked before connecting; the flow handler is built
+	// after, with the shared host key store.
+	var h worker.Handler
+	closeHosts := func(context.Context) {}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		closeHosts(cctx)
 		cancel()
 	}()
+	switch {
+	case c.Handler == "flow" && c.Flow == nil:
+		fmt.Fprintln(e.stderr, `vclq worker: handler "flow" needs a "flow" section in the configuration file`)
+		return exitUsage
+	case c.Handler != "flow":
+		if h, err = newSimHandler(c.Handler); err != nil {
+			fmt.Fprintln(e.stderr, "vclq worker:", err)
+			return exitUsage
+		}
+	}
 	if c.NATS.Name == "" {
 		c.NATS.Name = "vclq-worker"
 	}
@@ -217,6 +212,20 @@ func runWorker(ctx context.Context, e *env, args []string) int {
 		if err != nil {
 			e.log.Error().Err(err).Msg("worker: ensure streams")
 			return exitFailure
+		}
+	}
+	if c.Handler == "flow" {
+		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		store, err := sharedkeys.Open(octx, js, c.ID)
+		cancel()
+		if err != nil {
+			e.log.Warn().Err(err).Msg("worker: SSH host keys are not shared with other nodes (run vclq nats init)")
+		} else {
+			c.Flow.HostKeyStore = store
+		}
+		if h, closeHosts, err = c.Flow.Build(e.log); err != nil {
+			fmt.Fprintln(e.stderr, "vclq worker:", err)
+			return exitUsage
 		}
 	}
 	p, err := worker.New(js, nc, h, c.pool(), e.log)

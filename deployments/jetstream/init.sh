@@ -9,4 +9,5 @@ nats stream add VCL_ADVISORIES --config streams/VCL_ADVISORIES.json
 nats consumer add VCL_REQUESTS --config consumers/VCL_REQUESTS-vclq-workers.json
 nats consumer add VCL_ADVISORIES --config consumers/VCL_ADVISORIES-vclq-dlq-sweeper.json
 nats kv add vclq_slots --history=1 --replicas=1 --storage=file --marker-ttl=1m0s
+nats kv add vclq_hostkeys --history=5 --replicas=1 --storage=file
 nats kv add vclq_workers --history=1 --replicas=1 --storage=file --ttl=30s
