@@ -2,8 +2,6 @@ package osconfig
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"net"
 	"path/filepath"
@@ -12,20 +10,11 @@ import (
 
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/vclq/vclq/internal/testutil"
 )
 
-func hostKey(t *testing.T) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
+func hostKey(t *testing.T) ssh.PublicKey { return testutil.SSHKey(t) }
 
 // The re-image allowance survives checks that find the recorded key (the old guest
 // answering for a moment), is used up by the changed key, and can be withdrawn.

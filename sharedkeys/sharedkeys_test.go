@@ -2,8 +2,6 @@ package sharedkeys_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"testing"
 
 	"golang.org/x/crypto/ssh"
@@ -15,19 +13,6 @@ import (
 )
 
 var _ osconfig.HostKeyStore = (*sharedkeys.Store)(nil)
-
-func newKey(t *testing.T) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
 
 // Two nodes' stores over one JetStream see each other's records; the latest wins;
 // a slot name that is not a host name is refused before any request.
@@ -45,7 +30,7 @@ func TestRecordsAreSharedThroughTheBucket(t *testing.T) {
 	if _, _, ok, err := b.GetHostKey(ctx, "vm001"); ok || err != nil {
 		t.Fatalf("empty bucket: ok %t, err %v", ok, err)
 	}
-	k1, k2 := newKey(t), newKey(t)
+	k1, k2 := testutil.SSHKey(t), testutil.SSHKey(t)
 	for _, k := range []ssh.PublicKey{k1, k2} {
 		if err := a.PutHostKey(ctx, "vm001", "198.51.100.10", k); err != nil {
 			t.Fatal(err)
