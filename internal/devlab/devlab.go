@@ -24,6 +24,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 	"golang.org/x/crypto/ssh"
 
@@ -400,16 +401,8 @@ func (l *Lab) follow(ctx context.Context, s *Slot) {
 func (l *Lab) powerOff(ctx context.Context, h *esxsim.Host, vmName string) error {
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	c, err := h.Observer(pctx)
-	if err != nil {
-		return err
-	}
-	vm, err := find.NewFinder(c).VirtualMachine(pctx, vmName)
-	if err != nil {
-		return err
-	}
-	state, err := vm.PowerState(pctx)
-	if err != nil || state != types.VirtualMachinePowerStatePoweredOn {
+	vm, on, err := observeVM(pctx, h, vmName)
+	if err != nil || !on {
 		return err
 	}
 	task, err := vm.PowerOff(pctx)
@@ -419,26 +412,32 @@ func (l *Lab) powerOff(ctx context.Context, h *esxsim.Host, vmName string) error
 	return task.Wait(pctx)
 }
 
-func imageInfo(extra map[string]string, c messages.Computer) guestlab.ImageInfo {
-	id, _ := strconv.ParseInt(extra[hypervisor.KeyImageID], 10, 64)
-	rev, _ := strconv.ParseInt(extra[hypervisor.KeyImageRevisionID], 10, 64)
-	return guestlab.ImageInfo{Name: extra[hypervisor.KeyImageName], ID: id, RevisionID: rev, ComputerID: c.ID, Hostname: c.Hostname}
-}
-
 // poweredOn asks the host, through the observer login, whether the VM is on now.
 func (l *Lab) poweredOn(ctx context.Context, h *esxsim.Host, vmName string) (bool, error) {
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	c, err := h.Observer(pctx)
+	_, on, err := observeVM(pctx, h, vmName)
+	return on, err
+}
+
+// observeVM finds the VM through the host's observer login and reads whether it is on.
+func observeVM(ctx context.Context, h *esxsim.Host, vmName string) (*object.VirtualMachine, bool, error) {
+	c, err := h.Observer(ctx)
 	if err != nil {
-		return false, err
+		return nil, false, err
 	}
-	vm, err := find.NewFinder(c).VirtualMachine(pctx, vmName)
+	vm, err := find.NewFinder(c).VirtualMachine(ctx, vmName)
 	if err != nil {
-		return false, err
+		return nil, false, err
 	}
-	state, err := vm.PowerState(pctx)
-	return state == types.VirtualMachinePowerStatePoweredOn, err
+	state, err := vm.PowerState(ctx)
+	return vm, state == types.VirtualMachinePowerStatePoweredOn, err
+}
+
+func imageInfo(extra map[string]string, c messages.Computer) guestlab.ImageInfo {
+	id, _ := strconv.ParseInt(extra[hypervisor.KeyImageID], 10, 64)
+	rev, _ := strconv.ParseInt(extra[hypervisor.KeyImageRevisionID], 10, 64)
+	return guestlab.ImageInfo{Name: extra[hypervisor.KeyImageName], ID: id, RevisionID: rev, ComputerID: c.ID, Hostname: c.Hostname}
 }
 
 // Close stops everything the lab started.
