@@ -96,6 +96,7 @@ type Host struct {
 	server           *simulator.Server
 	observerPassword string
 	faults           *injector
+	powerDown        powerDownHook
 
 	mu       sync.Mutex
 	observer *vim25.Client
@@ -233,7 +234,7 @@ func startHost(ctx context.Context, name, root string, opts Options) (*Host, err
 		ThumbprintSHA1:   thumbprint(sha1.New(), leaf.Raw),
 		Datastores:       map[string]string{},
 		observerPassword: randomString(),
-		faults:           newInjector(name, !opts.AllowCloneVM),
+		faults:           newInjector(!opts.AllowCloneVM),
 		watchInterval:    opts.WatchInterval,
 	}
 	if h.watchInterval <= 0 {
@@ -254,7 +255,7 @@ func startHost(ctx context.Context, name, root string, opts Options) (*Host, err
 		return (req.UserName == h.Username && req.Password == h.Password) ||
 			(req.UserName == ObserverUsername && req.Password == h.observerPassword)
 	}
-	m.Map().Handler = h.faults.handle
+	m.Map().Handler = h.handle
 	m.Map().AddHandler(&taskFaults{in: h.faults})
 	h.server = m.Service.NewServer()
 	u := *h.server.URL

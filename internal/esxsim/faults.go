@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
-	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -107,12 +106,10 @@ type injector struct {
 	inFlight      int
 	peak          int
 	pending       map[types.ManagedObjectReference][]types.BaseMethodFault // in-task faults
-	host          string                                                   // Host.Name, for powerDown
-	powerDown     powerDownHook
 }
 
-func newInjector(host string, refuseClone bool) *injector {
-	return &injector{host: host, refuseClone: refuseClone, byMethod: map[string]int{}, pending: map[types.ManagedObjectReference][]types.BaseMethodFault{}}
+func newInjector(refuseClone bool) *injector {
+	return &injector{refuseClone: refuseClone, byMethod: map[string]int{}, pending: map[types.ManagedObjectReference][]types.BaseMethodFault{}}
 }
 
 func (in *injector) add(r FaultRule) func() {
@@ -143,17 +140,17 @@ func (in *injector) stats() (int, int) {
 	return in.calls, in.faults
 }
 
-// handle is the vcsim Registry.Handler hook: it runs before every SOAP call.
-func (in *injector) handle(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
+// decide runs before every SOAP call (from Host.handle): fault fails the call now;
+// inTask means the call proceeds but its task will fail.
+func (in *injector) decide(ctx *simulator.Context, m *simulator.Method) (fault types.BaseMethodFault, inTask bool) {
 	if in.refuseClone && m.Name == "CloneVM_Task" {
 		in.mu.Lock()
 		in.faults++
 		in.mu.Unlock()
-		return nil, &types.NotSupported{}
+		return &types.NotSupported{}, false
 	}
 	if !isWorkerCall(ctx, m) {
-		in.powerDown.call(in.host, ctx, m)
-		return nil, nil
+		return nil, false
 	}
 	in.mu.Lock()
 	in.calls++
@@ -180,9 +177,7 @@ func (in *injector) handle(ctx *simulator.Context, m *simulator.Method) (mo.Refe
 		fired = r
 		break
 	}
-	var fault types.BaseMethodFault
 	var delay time.Duration
-	inTask := false
 	if fired != nil {
 		delay = fired.Delay
 		if fired.Fault != nil {
@@ -206,12 +201,9 @@ func (in *injector) handle(ctx *simulator.Context, m *simulator.Method) (mo.Refe
 		in.mu.Lock()
 		in.pending[m.This] = append(in.pending[m.This], fault)
 		in.mu.Unlock()
-		return nil, nil
+		return nil, true
 	}
-	if fault == nil {
-		in.powerDown.call(in.host, ctx, m)
-	}
-	return nil, fault
+	return fault, false
 }
 
 // isWorkerCall tells calls of the worker login from the observer's and from

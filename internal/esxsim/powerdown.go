@@ -4,6 +4,8 @@ import (
 	"sync"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 // PowerDown is a call that stops a VM, seen before the host carries it out.
@@ -33,7 +35,17 @@ var powerDownMethods = map[string]bool{"PowerOffVM_Task": true, "ResetVM_Task": 
 // than a watch interval later, when a new VM in the slot may already be asking for
 // it. fn must return in bounded time. One fn per host; nil removes it.
 func (h *Host) OnPowerDown(fn func(PowerDown)) {
-	h.faults.powerDown.set(fn)
+	h.powerDown.set(fn)
+}
+
+// handle is the vcsim Registry.Handler: it runs before every SOAP call, decides the
+// fault rules (a failed call stops nothing), then runs the power-down hook.
+func (h *Host) handle(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
+	fault, inTask := h.faults.decide(ctx, m)
+	if fault == nil && !inTask {
+		h.powerDown.call(h.Name, ctx, m)
+	}
+	return nil, fault
 }
 
 // OnPowerDown sets fn on every host of the lab (see Host.OnPowerDown).
