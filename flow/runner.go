@@ -45,12 +45,10 @@ type runner struct {
 	started []startedStep
 
 	mu     sync.Mutex
-	queue  chan loadlogEvent
+	queue  chan worker.StepEvent
 	closed bool
 	done   chan struct{}
 }
-
-type loadlogEvent = worker.StepEvent
 
 // eventQueue bounds the events waiting to be published; a full queue makes the flow
 // wait (back-pressure) rather than drop an event.
@@ -60,7 +58,7 @@ const eventQueue = 256
 const flushTimeout = 30 * time.Second
 
 func newRunner(events worker.EventSink, log zerolog.Logger) *runner {
-	r := &runner{events: events, log: log, queue: make(chan loadlogEvent, eventQueue), done: make(chan struct{})}
+	r := &runner{events: events, log: log, queue: make(chan worker.StepEvent, eventQueue), done: make(chan struct{})}
 	go r.publish()
 	return r
 }
@@ -185,7 +183,7 @@ func (r *runner) emit(_ context.Context, n int, name string, phase messages.Phas
 		return
 	}
 	// The event carries its moment: it may be published later, behind others.
-	r.queue <- loadlogEvent{Step: n, Name: name, Phase: phase, Info: info, Duration: d, At: time.Now()}
+	r.queue <- worker.StepEvent{Step: n, Name: name, Phase: phase, Info: info, Duration: d, At: time.Now()}
 }
 
 func truncate(s string) string {

@@ -283,7 +283,7 @@ func (c *ESX) setupVM(ctx context.Context, spec LoadSpec, fresh bool) (types.Man
 		Operation: types.VirtualDeviceConfigSpecOperationAdd,
 		Device: &types.VirtualLsiLogicController{VirtualSCSIController: types.VirtualSCSIController{
 			SharedBus:         types.VirtualSCSISharingNoSharing,
-			VirtualController: types.VirtualController{BusNumber: 0, VirtualDevice: types.VirtualDevice{Key: -100}},
+			VirtualController: types.VirtualController{BusNumber: 0, VirtualDevice: types.VirtualDevice{Key: scsiKey}},
 		}},
 	})
 	nics := []struct{ sw, mac string }{{spec.Profile.Switch0, spec.Slot.Eth0MAC}}
@@ -323,7 +323,7 @@ func (c *ESX) setupVM(ctx context.Context, spec LoadSpec, fresh bool) (types.Man
 		return none, err
 	}
 	cfg.DeviceChange = append(cfg.DeviceChange, nicDevs...)
-	cfg.DeviceChange = append(cfg.DeviceChange, diskSpec(spec, -100))
+	cfg.DeviceChange = append(cfg.DeviceChange, diskSpec(spec, scsiKey))
 	info, err := c.task(ctx, "CreateVM "+name, short, func(ctx context.Context, s *hostSession) (*object.Task, error) {
 		inv, err := c.inventory(ctx, s)
 		if err != nil {
@@ -373,6 +373,10 @@ func (c *ESX) networkBacking(ctx context.Context, inv *inventory, short, name st
 	inv.mu.Unlock()
 	return b, nil
 }
+
+// scsiKey is the device key CreateVM's spec gives the SCSI controller, so the disk
+// in the same spec can name it.
+const scsiKey = -100
 
 // diskSpec is the VM's disk on the SCSI controller with key ctrlKey, unit 0: a new
 // child (delta) disk of the shared base for a linked clone, or the dedicated copy

@@ -459,21 +459,19 @@ func (e *jobEvents) loadlog(ev StepEvent) *messages.Loadlog {
 	if at.IsZero() {
 		at = time.Now()
 	}
-	step, name, phase := ev.Step, ev.Name, ev.Phase
-	l := &messages.Loadlog{
+	return &messages.Loadlog{
 		Schema:        messages.SchemaVersion,
 		ReservationID: e.j.req.Reservation.ID,
 		RequestID:     e.j.req.Request.ID,
 		ComputerID:    e.j.req.Computer.ID,
 		Kind:          e.j.req.Kind,
-		Name:          name,
-		Phase:         phase,
-		Step:          step,
+		Name:          ev.Name,
+		Phase:         ev.Phase,
+		Step:          ev.Step,
 		Info:          messages.CleanText(ev.Info, messages.MaxInfoLen),
 		DurationMS:    ev.Duration.Milliseconds(),
 		Time:          at.UTC(),
 		Worker:        e.p.cfg.ID,
 		RequestSeq:    e.j.seq,
 	}
-	return l
 }

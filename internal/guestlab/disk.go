@@ -66,7 +66,7 @@ func (g *Guest) makeEtc(ctx context.Context) error {
 	if _, err := g.lab.etcTemplate(ctx); err != nil {
 		return err
 	}
-	for _, d := range []string{"etc", etcUpper, etcWork} { // "etc": the layout before overlays
+	for _, d := range []string{etcUpper, etcWork} {
 		if err := os.RemoveAll(filepath.Join(g.dir, d)); err != nil {
 			return err
 		}

@@ -114,7 +114,7 @@ func Check() error {
 func hasOverlayFS() bool {
 	listed := func() bool {
 		b, err := os.ReadFile("/proc/filesystems")
-		return err == nil && regexp.MustCompile(`(?m)\soverlay$`).Match(b)
+		return err == nil && bytes.Contains(b, []byte("\toverlay\n"))
 	}
 	if listed() {
 		return true
