@@ -145,66 +145,76 @@ func (h *hostKeys) knownTypes(address string) []string {
 // callback returns the HostKeyCallback for one connection to slot.
 func (h *hostKeys) callback(slot string) ssh.HostKeyCallback {
 	return func(address string, remote net.Addr, key ssh.PublicKey) error {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		unlock, err := flock(h.file + ".lock")
-		if err != nil {
-			return err
+		recorded, err := h.check(slot, address, remote, key)
+		if recorded {
+			// Shared after the locks are released: a slow store delays only this
+			// connection, not every host key check of the node.
+			h.share(slot, address, key)
 		}
-		defer unlock()
+		return err
+	}
+}
 
-		check, err := knownhosts.New(h.file)
-		if err != nil {
-			return fmt.Errorf("known_hosts %s: %w", h.file, err)
+// check applies the policy to key under the locks; recorded reports that this node
+// recorded key for slot (first contact or its own re-image), for sharing.
+func (h *hostKeys) check(slot, address string, remote net.Addr, key ssh.PublicKey) (recorded bool, _ error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	unlock, err := flock(h.file + ".lock")
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+
+	known, err := knownhosts.New(h.file)
+	if err != nil {
+		return false, fmt.Errorf("known_hosts %s: %w", h.file, err)
+	}
+	err = known(address, remote, key)
+	var kerr *knownhosts.KeyError
+	switch {
+	case err == nil:
+		// The recorded key: an announced re-image stays announced (the old guest may
+		// still answer for a moment, or the image may carry the same key) until a
+		// changed key uses it or the load settles it.
+		return false, nil
+	case errors.As(err, &kerr) && len(kerr.Want) == 0:
+		// First contact with this address: record the key, unless another node
+		// recorded a different one for the slot (and this is not our re-image).
+		if !h.rekey[slot] {
+			if fk := h.fleetKey(slot, address); fk != nil && !sameKey(fk, key) {
+				return false, fmt.Errorf("%w: %s presents %s, but the management nodes recorded %s for slot %s",
+					ErrHostKeyChanged, address, ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(fk), slot)
+			}
 		}
-		err = check(address, remote, key)
-		var kerr *knownhosts.KeyError
-		switch {
-		case err == nil:
-			// The recorded key: an announced re-image stays announced (the old guest
-			// may still answer for a moment, or the image may carry the same key)
-			// until a changed key uses it or the load settles it.
-			return nil
-		case errors.As(err, &kerr) && len(kerr.Want) == 0:
-			// First contact with this address: record the key, unless another node
-			// recorded a different one for the slot (and this is not our re-image).
-			if !h.rekey[slot] {
-				if fk := h.fleetKey(slot, address); fk != nil && !sameKey(fk, key) {
-					return fmt.Errorf("%w: %s presents %s, but the management nodes recorded %s for slot %s",
-						ErrHostKeyChanged, address, ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(fk), slot)
-				}
-			}
-			if err := h.replace(address, key); err != nil {
-				return err
-			}
-			delete(h.rekey, slot)
-			h.share(slot, address, key)
-			h.log.Info().Str("computer", slot).Str("host", address).Str("host_key", ssh.FingerprintSHA256(key)).Msg("host key recorded on first contact")
-			return nil
-		case errors.As(err, &kerr) && h.rekey[slot]:
-			if err := h.replace(address, key); err != nil {
-				return err
-			}
-			delete(h.rekey, slot)
-			h.share(slot, address, key)
-			h.log.Warn().Str("computer", slot).Str("host", address).Str("host_key", ssh.FingerprintSHA256(key)).
-				Str("old_host_key", ssh.FingerprintSHA256(kerr.Want[0].Key)).Msg("host key replaced after our re-image of the slot")
-			return nil
-		case errors.As(err, &kerr):
-			if fk := h.fleetKey(slot, address); sameKey(fk, key) {
-				// Another management node re-imaged the slot and recorded this key.
-				if err := h.replace(address, key); err != nil {
-					return err
-				}
-				h.log.Info().Str("computer", slot).Str("host", address).Str("host_key", ssh.FingerprintSHA256(key)).
-					Str("old_host_key", ssh.FingerprintSHA256(kerr.Want[0].Key)).Msg("host key taken from another management node's record")
-				return nil
-			}
-			return fmt.Errorf("%w: %s presents %s, recorded %s, and no re-image of slot %s was announced",
-				ErrHostKeyChanged, address, ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(kerr.Want[0].Key), slot)
-		default:
-			return fmt.Errorf("%w: %s: %v", ErrHostKeyChanged, address, err)
+		if err := h.replace(address, key); err != nil {
+			return false, err
 		}
+		delete(h.rekey, slot)
+		h.log.Info().Str("computer", slot).Str("host", address).Str("host_key", ssh.FingerprintSHA256(key)).Msg("host key recorded on first contact")
+		return true, nil
+	case errors.As(err, &kerr) && h.rekey[slot]:
+		if err := h.replace(address, key); err != nil {
+			return false, err
+		}
+		delete(h.rekey, slot)
+		h.log.Warn().Str("computer", slot).Str("host", address).Str("host_key", ssh.FingerprintSHA256(key)).
+			Str("old_host_key", ssh.FingerprintSHA256(kerr.Want[0].Key)).Msg("host key replaced after our re-image of the slot")
+		return true, nil
+	case errors.As(err, &kerr):
+		if fk := h.fleetKey(slot, address); sameKey(fk, key) {
+			// Another management node re-imaged the slot and recorded this key.
+			if err := h.replace(address, key); err != nil {
+				return false, err
+			}
+			h.log.Info().Str("computer", slot).Str("host", address).Str("host_key", ssh.FingerprintSHA256(key)).
+				Str("old_host_key", ssh.FingerprintSHA256(kerr.Want[0].Key)).Msg("host key taken from another management node's record")
+			return false, nil
+		}
+		return false, fmt.Errorf("%w: %s presents %s, recorded %s, and no re-image of slot %s was announced",
+			ErrHostKeyChanged, address, ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(kerr.Want[0].Key), slot)
+	default:
+		return false, fmt.Errorf("%w: %s: %v", ErrHostKeyChanged, address, err)
 	}
 }
 
