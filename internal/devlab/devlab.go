@@ -8,9 +8,6 @@ package devlab
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -18,7 +15,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -26,7 +22,6 @@ import (
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
-	"golang.org/x/crypto/ssh"
 
 	"github.com/vclq/vclq/hypervisor"
 	"github.com/vclq/vclq/internal/esxsim"
@@ -133,14 +128,15 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 		l.log = *cfg.Logger
 	}
 	var err error
-	if l.KeyFile, err = writeKey(cfg.Dir); err != nil {
-		return nil, err
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("devlab: %w", err)
+	}
+	l.KeyFile = filepath.Join(cfg.Dir, "mn_ed25519")
+	pub, err := guestlab.WriteSSHKey(l.KeyFile, "vclq management node")
+	if err != nil {
+		return nil, fmt.Errorf("devlab: key: %w", err)
 	}
 	l.KnownHosts = filepath.Join(cfg.Dir, "known_hosts")
-	pub, err := publicKeyLine(l.KeyFile)
-	if err != nil {
-		return nil, err
-	}
 
 	// Each host is polled for power changes (two SOAP calls a poll): keep the total
 	// near 40 polls a second however many hosts there are.
@@ -455,35 +451,4 @@ func (l *Lab) Close() {
 	if l.ESX != nil {
 		l.ESX.Close()
 	}
-}
-
-func writeKey(dir string) (string, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("devlab: %w", err)
-	}
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return "", fmt.Errorf("devlab: key: %w", err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "vclq management node")
-	if err != nil {
-		return "", fmt.Errorf("devlab: key: %w", err)
-	}
-	p := filepath.Join(dir, "mn_ed25519")
-	if err := os.WriteFile(p, pem.EncodeToMemory(block), 0o600); err != nil {
-		return "", fmt.Errorf("devlab: key: %w", err)
-	}
-	return p, nil
-}
-
-func publicKeyLine(keyFile string) (string, error) {
-	b, err := os.ReadFile(keyFile)
-	if err != nil {
-		return "", err
-	}
-	signer, err := ssh.ParsePrivateKey(b)
-	if err != nil {
-		return "", fmt.Errorf("devlab: key: %w", err)
-	}
-	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))), nil
 }

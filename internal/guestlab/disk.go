@@ -78,32 +78,33 @@ func (g *Guest) makeEtc(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Join(g.dir, etcWork), 0o700); err != nil {
 		return err
 	}
-	if err := writeHostKey(filepath.Join(upper, "ssh", "ssh_host_ed25519_key"), "root@"+g.name); err != nil {
+	if _, err := WriteSSHKey(filepath.Join(upper, "ssh", "ssh_host_ed25519_key"), "root@"+g.name); err != nil {
 		return err
 	}
 	return os.WriteFile(filepath.Join(upper, "hostname"), []byte(g.name+"\n"), 0o644)
 }
 
-// writeHostKey writes a new ed25519 host key pair in OpenSSH's format (what
-// ssh-keygen -t ed25519 writes).
-func writeHostKey(file, comment string) error {
+// WriteSSHKey writes a new ed25519 key pair as ssh-keygen -t ed25519 does: the
+// private key in OpenSSH's format to file (mode 0600), the public one with comment to
+// file.pub. It returns the public key's authorized_keys line, without the comment.
+func WriteSSHKey(file, comment string) (string, error) {
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		return err
+		return "", err
 	}
 	block, err := ssh.MarshalPrivateKey(priv, comment)
 	if err != nil {
-		return err
+		return "", err
 	}
 	sp, err := ssh.NewPublicKey(pub)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
-		return err
+		return "", err
 	}
-	line := strings.TrimSuffix(string(ssh.MarshalAuthorizedKey(sp)), "\n") + " " + comment + "\n"
-	return os.WriteFile(file+".pub", []byte(line), 0o644)
+	line := strings.TrimSuffix(string(ssh.MarshalAuthorizedKey(sp)), "\n")
+	return line, os.WriteFile(file+".pub", []byte(line+" "+comment+"\n"), 0o644)
 }
 
 // template is the lab's /etc template ("" before the first disk).
