@@ -61,6 +61,7 @@ func (h *Handler) Handle(ctx context.Context, job *worker.Job) (messages.Result,
 	r := newRunner(job.Events, log)
 	defer r.flush()
 	f.run, f.Delivery = r, job.Delivery
+	r.guard = job.Guard
 
 	switch req.Kind {
 	case messages.KindNew, messages.KindReload:

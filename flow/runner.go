@@ -39,7 +39,10 @@ const cleanupTimeout = 5 * time.Minute
 // for the event store; flush waits (bounded) until all are stored, and the handler
 // returns only then, so a job's result is always stored after its loadlog events.
 type runner struct {
-	events  worker.EventSink
+	events worker.EventSink
+	// guard is the job's (worker.Job.Guard): asked before every step and every
+	// cleanup, so that a job that lost its slot starts nothing more on it. Optional.
+	guard   func(ctx context.Context) error
 	log     zerolog.Logger
 	next    int
 	started []startedStep
@@ -132,6 +135,9 @@ func (r *runner) run(ctx context.Context, f *Flow, steps ...Step) error {
 		if err := context.Cause(ctx); ctx.Err() != nil {
 			return fmt.Errorf("before step %s: %w", s.Name(), err)
 		}
+		if err := r.mayAct(ctx); err != nil {
+			return fmt.Errorf("before step %s: %w", s.Name(), err)
+		}
 		r.next++
 		n := r.next
 		r.started = append(r.started, startedStep{s, n})
@@ -152,6 +158,14 @@ func (r *runner) run(ctx context.Context, f *Flow, steps ...Step) error {
 	return nil
 }
 
+// mayAct asks the job's guard whether it may still act on its slot.
+func (r *runner) mayAct(ctx context.Context) error {
+	if r.guard == nil {
+		return nil
+	}
+	return r.guard(ctx)
+}
+
 // note emits a standalone loadlog row (a VCL name such as failed, loadimagefailed,
 // WARNING or info) numbered as the next step.
 func (r *runner) note(ctx context.Context, name, info string) {
@@ -166,6 +180,10 @@ func (r *runner) cleanup(ctx context.Context, f *Flow) {
 	defer cancel()
 	for i := len(r.started) - 1; i >= 0; i-- {
 		if c, ok := r.started[i].step.(Cleaner); ok {
+			if err := r.mayAct(cctx); err != nil {
+				r.log.Warn().Err(err).Str("step", r.started[i].step.Name()).Msg("not rolling back: the job may no longer act on the slot")
+				break
+			}
 			r.log.Info().Str("step", r.started[i].step.Name()).Msg("rolling back")
 			c.Cleanup(cctx, f)
 		}

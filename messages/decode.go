@@ -196,7 +196,9 @@ func (r *Result) Validate() error {
 		if !ValidState(r.RequestState) {
 			v.addf("request_state: %q is not a VCL state", r.RequestState)
 		}
-		if !ValidState(r.ComputerState) {
+		// A failed result may leave the computer as it is (a superseded request: the
+		// slot serves a newer one).
+		if !ValidState(r.ComputerState) && (r.Outcome != OutcomeFailed || r.ComputerState != "") {
 			v.addf("computer_state: %q is not a VCL state", r.ComputerState)
 		}
 	}

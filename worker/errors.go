@@ -20,6 +20,11 @@ var (
 	ErrCancelled = errors.New("job cancelled by a later request for the reservation")
 )
 
+// ErrLeaseUnconfirmed: a step's guard could not ask the stream leader whether the
+// job still holds its slot's lease (past the lease's known validity); the job may not
+// act on the slot and fails with a retryable error.
+var ErrLeaseUnconfirmed = errors.New("slot lease could not be confirmed")
+
 // ErrConfig is wrapped by New for an invalid Config.
 var ErrConfig = errors.New("worker: invalid configuration")
 

@@ -18,6 +18,12 @@ type Job struct {
 	// Fence is the slot lease revision at claim time: the fencing token of this job.
 	// A later holder of the slot always has a larger revision.
 	Fence uint64
+	// Guard returns nil while the job may still act on its slot, and an error
+	// (ErrLeaseLost, ErrLeaseUnconfirmed) once it may not: the lease was lost, or its
+	// validity cannot be confirmed (after a pause of the process, say). Call it right
+	// before every step that has a side effect on the slot, rollbacks included; it
+	// answers from the local clock while the lease is known to be valid.
+	Guard func(ctx context.Context) error
 	// Events publishes loadlog events for this job (deterministic ids).
 	Events EventSink
 	// Worker is the id of the worker running the job.

@@ -36,6 +36,11 @@ type job struct {
 	settled   chan struct{} // closed when the message was acked, nak'd or terminated
 	abandoned atomic.Bool
 	lease     atomic.Pointer[lease]
+
+	// queued: the job is listed in its slot's waiting list (renewed at queuedAt, on
+	// Pool.mono). Used by the job's own goroutine only.
+	queued   bool
+	queuedAt time.Duration
 }
 
 // settle acks, naks or terminates the message once; later calls do nothing.
@@ -147,16 +152,22 @@ func (p *Pool) process(pullCtx context.Context, msg jetstream.Msg) (tail func())
 	if req.Kind == messages.KindReclaim {
 		p.requestCancel(j)
 	}
-	l, err := p.acquire(ctx, j)
-	if err != nil {
+	l, adm, err := p.claim(ctx, j)
+	if j.queued && (err != nil || adm.verdict != admitRun) {
+		p.leaveSlotQueue(context.WithoutCancel(ctx), j)
+	}
+	if l == nil {
 		p.finishUnclaimed(ctx, j, err)
 		return nil
+	}
+	if err != nil || adm.verdict != admitRun {
+		return p.finishUnadmitted(ctx, j, l, adm, err)
 	}
 	j.lease.Store(l)
 	go p.keepLease(l, j, cancel)
 	j.state.Store(JobRunning)
 
-	res, herr := p.runHandler(ctx, j, l.fence)
+	res, herr := p.runHandler(ctx, j, l)
 	l.stopRenewing()
 	if j.abandoned.Load() {
 		return nil
@@ -168,7 +179,7 @@ func (p *Pool) process(pullCtx context.Context, msg jetstream.Msg) (tail func())
 	return p.finish(ctx, j, l, res, herr, cause)
 }
 
-func (p *Pool) runHandler(ctx context.Context, j *job, fence uint64) (res messages.Result, err error) {
+func (p *Pool) runHandler(ctx context.Context, j *job, l *lease) (res messages.Result, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			j.log.Error().Interface("panic", r).Bytes("stack", debug.Stack()).Msg("handler panic")
@@ -180,7 +191,8 @@ func (p *Pool) runHandler(ctx context.Context, j *job, fence uint64) (res messag
 		Seq:        j.seq,
 		Delivery:   j.delivery,
 		MaxDeliver: p.cfg.MaxDeliver,
-		Fence:      fence,
+		Fence:      l.fence,
+		Guard:      func(ctx context.Context) error { return p.guard(ctx, j, l) },
 		Events:     &jobEvents{p: p, j: j},
 		Worker:     p.cfg.ID,
 	})
@@ -228,10 +240,12 @@ func (p *Pool) finish(ctx context.Context, j *job, l *lease, res messages.Result
 	lost := errors.Is(cause, ErrLeaseLost) || l.isLost()
 	switch {
 	case lost:
-		// Never touch the slot again, and never claim success for work done without
-		// a valid lease: another delivery may own the slot now.
-		j.log.Warn().Err(herr).Msg("slot lease lost: job stopped")
-		p.fail(sctx, j, res, &CodedError{Code: CodeLeaseLost, Err: fmt.Errorf("%w (handler: %v)", ErrLeaseLost, herr)})
+		// Never touch the slot again, and publish nothing: another delivery may own
+		// the slot and may have published this request's result already. The
+		// message goes back; its next delivery finds what the slot has served since
+		// (admit) and resumes, or records itself as stale.
+		j.log.Warn().Err(herr).Msg("slot lease lost: job stopped, nothing published, request handed back")
+		j.settle("nak (lease lost)", func() error { return j.msg.NakWithDelay(p.retryDelay(j.delivery)) })
 		return nil
 	case herr == nil:
 		published, err := p.succeed(sctx, j, res)
@@ -313,7 +327,11 @@ func (p *Pool) failFinal(ctx context.Context, j *job, res messages.Result, herr 
 	if r.RequestState == "" || !messages.ValidState(r.RequestState) {
 		r.RequestState = messages.StateFailed
 	}
-	if r.ComputerState == "" || !messages.ValidState(r.ComputerState) {
+	// A superseded request leaves the computer to the newer request it serves.
+	keepComputer := errors.Is(herr, ErrSuperseded)
+	if keepComputer {
+		r.ComputerState = ""
+	} else if r.ComputerState == "" || !messages.ValidState(r.ComputerState) {
 		r.ComputerState = messages.StateFailed
 	}
 	r.ErrorCode = code
@@ -436,6 +454,9 @@ type jobEvents struct {
 
 // LoadlogBatch publishes events in order with one round trip (publisher.LoadlogBatch).
 func (e *jobEvents) LoadlogBatch(ctx context.Context, evs []StepEvent) error {
+	if e.fencedOut(ctx, len(evs)) {
+		return nil
+	}
 	ls := make([]*messages.Loadlog, len(evs))
 	for i, ev := range evs {
 		ls[i] = e.loadlog(ev)
@@ -447,11 +468,27 @@ func (e *jobEvents) LoadlogBatch(ctx context.Context, evs []StepEvent) error {
 }
 
 func (e *jobEvents) Loadlog(ctx context.Context, ev StepEvent) error {
+	if e.fencedOut(ctx, 1) {
+		return nil
+	}
 	l := e.loadlog(ev)
 	if err := e.p.pub.Loadlog(ctx, l); err != nil {
 		return fmt.Errorf("reservation %d: loadlog %s %s: %w", l.ReservationID, l.Name, l.Phase, err)
 	}
 	return nil
+}
+
+// fencedOut reports (and logs) that the job lost its slot's lease, so that its events
+// are not published: another delivery may own the slot and may have published this
+// request's result already. (An event published in the moment between this check and
+// the store is still ignored by every reader: see eventlog.Late.)
+func (e *jobEvents) fencedOut(ctx context.Context, n int) bool {
+	l := e.j.lease.Load()
+	if l == nil || !errors.Is(e.p.guard(ctx, e.j, l), ErrLeaseLost) {
+		return false
+	}
+	e.j.log.Warn().Int("events", n).Msg("slot lease lost: loadlog events of the fenced-out job not published")
+	return true
 }
 
 func (e *jobEvents) loadlog(ev StepEvent) *messages.Loadlog {

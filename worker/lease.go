@@ -34,6 +34,10 @@ type lease struct {
 	fence uint64        // revision at claim time
 	rev   atomic.Uint64 // current revision (after renewals)
 	lost  atomic.Bool
+	// validUntil is when the lease can expire at the earliest, on the pool's monotonic
+	// clock (Pool.mono): the send time of the last stored claim or renewal plus the
+	// TTL. The server stores a write after it was sent, so its TTL runs out later.
+	validUntil atomic.Int64
 
 	stopOnce sync.Once
 	stop     chan struct{}
@@ -56,9 +60,10 @@ const (
 
 // acquire claims the job's slot: create-if-absent with the lease TTL. While the slot
 // is busy it waits in place (InProgress keeps the delivery alive) with a bounded
-// backoff, up to Config.BusySlotWait (then ErrSlotBusy). It returns the cause when
-// ctx ends first.
-func (p *Pool) acquire(ctx context.Context, j *job) (*lease, error) {
+// backoff, listed in the slot's waiting list and behind any older waiter, until
+// Config.BusySlotWait after the job arrived (then ErrSlotBusy). It returns the cause
+// when ctx ends first. waited says the job queues from the start (it yielded before).
+func (p *Pool) acquire(ctx context.Context, j *job, waited bool) (*lease, error) {
 	key := messages.SlotLeaseKey(j.req.Computer.ID)
 	val, err := json.Marshal(LeaseValue{
 		Worker: p.cfg.ID, Reservation: j.req.Reservation.ID, Request: j.req.Request.ID,
@@ -67,37 +72,46 @@ func (p *Pool) acquire(ctx context.Context, j *job) (*lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	deadline := time.Now().Add(p.cfg.BusySlotWait)
+	deadline := j.since.Add(p.cfg.BusySlotWait)
 	backoff := busyPollMin
 	var lastErr error
-	waited := false
 	for {
-		rev, err := p.createLease(ctx, key, val)
-		if err == nil {
-			if waited {
-				j.log.Info().Dur("waited", time.Since(j.since)).Msg("slot free: claimed")
+		older := false
+		if waited {
+			if older, err = p.queueForSlot(ctx, j); err != nil {
+				j.log.Warn().Err(err).Msg("slot waiting list")
 			}
-			l := &lease{key: key, value: val, fence: rev, stop: make(chan struct{}), done: make(chan struct{})}
-			l.rev.Store(rev)
-			return l, nil
 		}
-		if ctx.Err() != nil {
-			return nil, context.Cause(ctx)
-		}
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			if !waited {
-				j.log.Info().Str("slot", key).Msg("slot busy: waiting")
+		if !older {
+			sent := p.mono()
+			rev, err := p.createLease(ctx, key, val)
+			if err == nil {
+				if waited {
+					j.log.Info().Dur("waited", time.Since(j.since)).Msg("slot free: claimed")
+				}
+				l := &lease{key: key, value: val, fence: rev, stop: make(chan struct{}), done: make(chan struct{})}
+				l.rev.Store(rev)
+				l.validUntil.Store(int64(sent + p.cfg.LeaseTTL))
+				return l, nil
 			}
-			waited = true
-		} else {
-			lastErr = err
-			j.log.Warn().Err(err).Str("slot", key).Msg("claim slot failed, retrying")
+			if ctx.Err() != nil {
+				return nil, context.Cause(ctx)
+			}
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				if !waited {
+					j.log.Info().Str("slot", key).Msg("slot busy: waiting")
+				}
+				waited = true
+			} else {
+				lastErr = err
+				j.log.Warn().Err(err).Str("slot", key).Msg("claim slot failed, retrying")
+			}
 		}
 		if time.Now().After(deadline) {
 			if lastErr != nil && !waited {
 				return nil, fmt.Errorf("slot %s: %w", key, lastErr)
 			}
-			return nil, fmt.Errorf("%w: %s still held after %s", ErrSlotBusy, key, p.cfg.BusySlotWait)
+			return nil, fmt.Errorf("%w: %s still held (or older requests waiting) after %s", ErrSlotBusy, key, p.cfg.BusySlotWait)
 		}
 		if j.req.Kind == messages.KindReclaim && backoff >= 200*time.Millisecond {
 			// Repeat the cancel request: the earlier job may have been pulled after
@@ -111,15 +125,32 @@ func (p *Pool) acquire(ctx context.Context, j *job) (*lease, error) {
 	}
 }
 
-// leaseSubject is the KV subject of a lease key.
-func leaseSubject(key string) string { return "$KV." + messages.BucketSlotLeases + "." + key }
+// claim acquires the slot's lease and admits the job (admit). A job that got the lease
+// while an older request waits for the slot releases it and queues; the loop is
+// bounded by acquire's deadline.
+func (p *Pool) claim(ctx context.Context, j *job) (*lease, admission, error) {
+	waited := false
+	for {
+		l, err := p.acquire(ctx, j, waited)
+		if err != nil {
+			return nil, admission{}, err
+		}
+		adm, err := p.admit(ctx, j)
+		if err != nil || adm.verdict != admitYield {
+			return l, adm, err
+		}
+		j.log.Info().Str("slot", l.key).Msg("an older request waits for the slot: yielding to it")
+		p.release(ctx, j, l)
+		waited = true
+	}
+}
 
 // createLease is kv.Create with the lease TTL. When this worker deleted the key last,
 // it first tries a single publish expecting its own delete marker's revision: on a
 // reused slot kv.Create needs three round trips (fail, read the marker, retry).
 func (p *Pool) createLease(ctx context.Context, key string, val []byte) (uint64, error) {
 	if v, ok := p.markers.LoadAndDelete(key); ok {
-		m := nats.NewMsg(leaseSubject(key))
+		m := nats.NewMsg(kvSubject(key))
 		m.Data = val
 		ack, err := p.js.PublishMsg(ctx, m, jetstream.WithMsgTTL(p.cfg.LeaseTTL), jetstream.WithExpectLastSequencePerSubject(v.(uint64)))
 		if err == nil {
@@ -144,7 +175,7 @@ func (p *Pool) keepLease(l *lease, j *job, cancel context.CancelCauseFunc) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	lastOK := time.Now()
-	subject := leaseSubject(l.key)
+	subject := kvSubject(l.key)
 	for {
 		select {
 		case <-l.stop:
@@ -153,11 +184,13 @@ func (p *Pool) keepLease(l *lease, j *job, cancel context.CancelCauseFunc) {
 		}
 		m := nats.NewMsg(subject)
 		m.Data = l.value
+		sent := p.mono()
 		ctx, c := context.WithTimeout(context.Background(), every)
 		ack, err := p.js.PublishMsg(ctx, m, jetstream.WithMsgTTL(p.cfg.LeaseTTL), jetstream.WithExpectLastSequencePerSubject(l.rev.Load()))
 		c()
 		if err == nil {
 			l.rev.Store(ack.Sequence)
+			l.validUntil.Store(int64(sent + p.cfg.LeaseTTL))
 			lastOK = time.Now()
 			continue
 		}
@@ -207,7 +240,7 @@ func (p *Pool) release(ctx context.Context, j *job, l *lease) {
 	if l.isLost() {
 		return
 	}
-	m := nats.NewMsg(leaseSubject(l.key))
+	m := nats.NewMsg(kvSubject(l.key))
 	m.Header.Set(kvOperation, kvDelete)
 	ack, err := p.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(l.rev.Load()))
 	if err != nil {

@@ -35,6 +35,9 @@ type Pool struct {
 	slots    jetstream.KeyValue
 	registry jetstream.KeyValue
 
+	// clock0 is the origin of Pool.mono.
+	clock0 time.Time
+
 	// markers remembers the revision of the delete marker this worker left on a slot
 	// key (key → uint64), for a one-round-trip lease create next time.
 	markers sync.Map
@@ -67,6 +70,7 @@ func New(js jetstream.JetStream, nc *nats.Conn, h Handler, cfg Config, log zerol
 		pub:      publisher.New(js, cfg.Publisher, log),
 		hostname: host,
 		started:  time.Now().UTC(),
+		clock0:   time.Now(),
 		active:   map[*job]struct{}{},
 	}
 	p.jobsCtx, p.jobsCancel = context.WithCancelCause(context.Background())

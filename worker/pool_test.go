@@ -35,13 +35,29 @@ func TestPoolsCompleteEveryRequestOnceWithoutSlotOverlap(t *testing.T) {
 		publish(t, j, simhandler.Request(messages.KindNew, int64(1000+i), int64(1+i%computers)))
 	}
 	got := waitResults(t, j, n, 60*time.Second)
+	// Twenty reservations on one computer at once is no real site's pattern: two
+	// requests that arrive at the same moment race for the slot, and the older one
+	// may find it already serving the newer: it then ends superseded, having done
+	// nothing (never out of order).
+	succeeded, superseded := 0, map[int64]bool{}
 	for seq, rs := range got {
-		if len(rs) != 1 || rs[0].Outcome != messages.OutcomeSuccess || rs[0].RequestState != messages.StateReserved {
-			t.Errorf("seq %d: results %+v", seq, rs)
+		switch {
+		case len(rs) != 1:
+			t.Errorf("seq %d: %d results", seq, len(rs))
+		case rs[0].Outcome == messages.OutcomeSuccess && rs[0].RequestState == messages.StateReserved:
+			succeeded++
+		case rs[0].Outcome == messages.OutcomeFailed && rs[0].ErrorCode == worker.CodeSuperseded && rs[0].ComputerState == "":
+			superseded[rs[0].ReservationID] = true
+		default:
+			t.Errorf("seq %d: result %+v", seq, rs[0])
 		}
 	}
+	t.Logf("%d requests: %d succeeded, %d superseded", n, succeeded, len(superseded))
 	if len(got) != n {
 		t.Errorf("%d distinct results, want %d", len(got), n)
+	}
+	if len(superseded) > n/10 {
+		t.Errorf("%d of %d requests superseded", len(superseded), n)
 	}
 	rep, err := simhandler.ReadJournal(journal)
 	if err != nil {
@@ -50,12 +66,18 @@ func TestPoolsCompleteEveryRequestOnceWithoutSlotOverlap(t *testing.T) {
 	if len(rep.Overlaps) > 0 {
 		t.Errorf("overlaps: %v", rep.Overlaps)
 	}
-	if rep.Ends["ok"] != n {
-		t.Errorf("journal: %d ok ends, want %d (%+v)", rep.Ends["ok"], n, rep)
+	if rep.Ends["ok"] != succeeded || rep.Begins != succeeded {
+		t.Errorf("journal: %d begins, %d ok ends, want %d (%+v)", rep.Begins, rep.Ends["ok"], succeeded, rep)
 	}
-	// Loadlog begin + end for every request, no duplicates.
-	if c := countSubject(t, j, messages.StreamEvents, messages.SubjectLoadlogPrefix+">"); c != 2*n {
-		t.Errorf("%d loadlog events, want %d", c, 2*n)
+	for r := range superseded {
+		if rep.OKByReservation[r] != 0 {
+			t.Errorf("superseded reservation %d ran", r)
+		}
+	}
+	// Loadlog begin + end for every request that ran, an info event for each
+	// superseded one, no duplicates.
+	if c := countSubject(t, j, messages.StreamEvents, messages.SubjectLoadlogPrefix+">"); c != 2*succeeded+len(superseded) {
+		t.Errorf("%d loadlog events, want %d", c, 2*succeeded+len(superseded))
 	}
 	if left := requestsLeft(t, j); left != 0 {
 		t.Errorf("%d requests left in the queue", left)
@@ -157,10 +179,13 @@ func TestLeaseLossCancelsJob(t *testing.T) {
 			}
 			after, _ := kv.Get(context.Background(), key)
 			waitCause(t, causes, worker.ErrLeaseLost, 3*time.Second)
+			// The fenced-out job publishes nothing (another node may own the slot and
+			// the request's result); its message goes back, and past its last
+			// delivery the sweeper dead-letters it with the one failed result.
 			got := waitResults(t, j, 1, 10*time.Second)
 			for _, rs := range got {
-				if rs[0].Outcome != messages.OutcomeFailed || rs[0].ErrorCode != worker.CodeLeaseLost {
-					t.Errorf("result %+v, want failed lease_lost", rs[0])
+				if len(rs) != 1 || rs[0].Outcome != messages.OutcomeFailed || rs[0].ErrorCode != worker.CodeMaxDeliver || rs[0].Worker == "" {
+					t.Errorf("results %+v, want one failed max_deliveries from the sweeper", rs)
 				}
 			}
 			// The job left the slot's key as the thief left it.

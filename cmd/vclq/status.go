@@ -102,7 +102,14 @@ func readStatus(ctx context.Context, js jetstream.JetStream) (*clusterStatus, er
 		if err != nil {
 			return nil, fmt.Errorf("bucket %s: %w", b, err)
 		}
-		lister, err := kv.ListKeys(ctx)
+		filter := ">"
+		if b == messages.BucketSlotLeases {
+			filter = "computer.*" // leases; not the slots' served records or waiters
+		}
+		lister, err := kv.ListKeysFiltered(ctx, filter)
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("bucket %s: %w", b, err)
 		}

@@ -133,7 +133,8 @@ def result_schema():
         ["schema","reservation_id","request_id","computer_id","kind","outcome","request_state","computer_state","worker","time","deliveries","request_seq"]))
     s["allOf"] = [
         {"if":{"properties":{"outcome":{"const":"rejected"}}},
-         "else":{"properties":{"reservation_id":ref("id"),"kind":ref("kind"),"request_state":{"enum":statenames},"computer_state":{"enum":statenames}}}},
+         "else":{"properties":{"reservation_id":ref("id"),"kind":ref("kind"),"request_state":{"enum":statenames},"computer_state":{"enum":statenames+[""]}}}},
+        {"if":{"properties":{"outcome":{"const":"success"}}},"then":{"properties":{"computer_state":{"enum":statenames}}}},
         {"if":{"properties":{"outcome":{"enum":["failed","rejected"]}}},"then":{"required":["error"]}},
     ]
     s["$defs"] = d
