@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -247,6 +248,30 @@ func record(ctx context.Context, tx *sql.Tx, id string, seq uint64, reservation 
 	return n == 1, err
 }
 
+// lateLoadlog reports whether l, stored at stream sequence seq, is late
+// (messages.IsLate): a result of its reservation for the same or a newer request was
+// applied before it. The applied results are in vclq_applied (result-<res>-<seq>),
+// so this holds across bridge restarts.
+func lateLoadlog(ctx context.Context, tx *sql.Tx, l *messages.Loadlog, seq uint64) (bool, error) {
+	rows, err := tx.QueryContext(ctx, "SELECT event_id FROM vclq_applied WHERE reservation_id = ? AND stream_seq < ? AND event_id LIKE 'result-%'", l.ReservationID, seq)
+	if err != nil {
+		return false, fmt.Errorf("reservation %d: results applied before a loadlog event: %w", l.ReservationID, err)
+	}
+	defer rows.Close()
+	prefix := fmt.Sprintf("result-%d-", l.ReservationID)
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return false, err
+		}
+		rs, err := strconv.ParseUint(strings.TrimPrefix(id, prefix), 10, 64)
+		if err == nil && strings.HasPrefix(id, prefix) && messages.IsLate(l, rs) {
+			return true, nil
+		}
+	}
+	return false, rows.Err()
+}
+
 // applyLoadlog writes a computerloadlog row for a begin or info event (end and fail
 // events write none: VCL writes a row when a step starts; a failure reaches the
 // database with the result).
@@ -256,6 +281,13 @@ func (b *Bridge) applyLoadlog(ctx context.Context, tx *sql.Tx, e *event) error {
 		return nil
 	}
 	if fresh, err := record(ctx, tx, l.MsgID(), e.seq, l.ReservationID); err != nil || !fresh {
+		return err
+	}
+	if late, err := lateLoadlog(ctx, tx, l, e.seq); err != nil || late {
+		if late {
+			b.log.Info().Int64("reservation", l.ReservationID).Uint64("request_seq", l.RequestSeq).Str("step", l.Name).Str("worker", l.Worker).
+				Msg("late loadlog event of a fenced-out job (after the request's result): recorded, not written")
+		}
 		return err
 	}
 	var computer int64

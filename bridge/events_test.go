@@ -202,6 +202,8 @@ func (sc *scenario) publish(t *testing.T, j *testutil.JetStream) {
 	sendLoadlog(t, j, loadlogEvent(sc.fail, 15, 1, messages.LoadMachineBooted, messages.PhaseBegin, ""))
 	sendLoadlog(t, j, loadlogEvent(sc.fail, 15, 1, messages.LoadMachineBooted, messages.PhaseFail, "timeout"))
 	sendResult(t, j, resultEvent(sc.fail, 15, messages.OutcomeFailed, messages.StateFailed, messages.StateFailed))
+	// A fenced-out job's event stored after the request's result: late, no row.
+	sendLoadlog(t, j, loadlogEvent(sc.fail, 15, 3, messages.LoadMachineBooted, messages.PhaseBegin, "fenced-out node"))
 
 	sendResult(t, j, resultEvent(sc.stale, 16, messages.OutcomeSuccess, messages.StateReserved, messages.StateReserved))
 
@@ -297,6 +299,11 @@ func (sc *scenario) check(t *testing.T) {
 
 	if got := s.requestState(sc.ids["stale"][0]); got != "deleted/pending" {
 		t.Errorf("stale result changed the request: %s", got)
+	}
+	for _, row := range s.loadlog(sc.ids["fail"][1]) {
+		if strings.Contains(row, "fenced-out") {
+			t.Errorf("a late loadlog event became a row: %q", row)
+		}
 	}
 	if got := s.computerState(114); got != "available" {
 		t.Errorf("stale result changed the computer: %s", got)

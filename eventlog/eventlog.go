@@ -23,6 +23,10 @@ type Event struct {
 	Time    time.Time         `json:"time"`
 	Loadlog *messages.Loadlog `json:"loadlog,omitempty"`
 	Result  *messages.Result  `json:"result,omitempty"`
+	// Late marks a loadlog event stored after a result of its reservation for the
+	// same or a newer request: a fenced-out job's, ignored by every reader
+	// (messages.IsLate). Only results read in the same Read are known.
+	Late bool `json:"late,omitempty"`
 	// Err is set when the payload did not decode; Raw holds it then.
 	Err string `json:"error,omitempty"`
 	Raw []byte `json:"raw,omitempty"`
@@ -104,6 +108,7 @@ func Read(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Event) 
 			return nil
 		}
 	}
+	var late messages.LateTracker
 	for {
 		wait := f.IdleTimeout
 		if f.Follow {
@@ -132,6 +137,7 @@ func Read(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Event) 
 			return fmt.Errorf("read %s: %w", subject, err)
 		}
 		ev := Decode(msg.Subject(), msg.Data())
+		ev.Late = late.Observe(ev.Loadlog, ev.Result)
 		ev.Seq = meta.Sequence.Stream
 		ev.Time = meta.Timestamp
 		if err := fn(ev); err != nil {

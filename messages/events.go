@@ -102,3 +102,51 @@ type SealedPassword struct {
 	Login  string `json:"login"`
 	Sealed string `json:"sealed"`
 }
+
+// Late loadlog events.
+//
+// A job stores all of a request's loadlog events before its result, so a loadlog
+// event stored after a result of the same reservation whose request sequence is not
+// lower than the event's comes from a job that had been fenced out (a node that lost
+// its slot lease during a pause, say, and published in the moment before it noticed).
+// Such an event is late: every reader ignores it (the bridge writes no row for it,
+// `vclq watch` does not show it, `vclq events` marks it).
+
+// IsLate reports whether l is late after a result for request sequence resultSeq of
+// its reservation was stored before it.
+func IsLate(l *Loadlog, resultSeq uint64) bool { return l.RequestSeq <= resultSeq }
+
+// LateTracker tells late loadlog events while reading events in stream order. It
+// remembers the newest result per reservation, for at most lateTrackerMax
+// reservations (the oldest are forgotten first). The zero value is ready to use.
+type LateTracker struct {
+	floor map[int64]uint64
+	order []int64
+}
+
+const lateTrackerMax = 100000
+
+// Observe takes the next event in stream order (a loadlog or a result) and reports
+// whether it is a late loadlog event.
+func (t *LateTracker) Observe(l *Loadlog, r *Result) bool {
+	if t.floor == nil {
+		t.floor = map[int64]uint64{}
+	}
+	switch {
+	case r != nil:
+		old, seen := t.floor[r.ReservationID]
+		if !seen {
+			if len(t.order) >= lateTrackerMax {
+				delete(t.floor, t.order[0])
+				t.order = t.order[1:]
+			}
+			t.order = append(t.order, r.ReservationID)
+		}
+		t.floor[r.ReservationID] = max(old, r.RequestSeq)
+	case l != nil:
+		if seq, ok := t.floor[l.ReservationID]; ok {
+			return IsLate(l, seq)
+		}
+	}
+	return false
+}

@@ -247,3 +247,32 @@ func TestSubjects(t *testing.T) {
 		}
 	}
 }
+
+func TestLateTracker(t *testing.T) {
+	ll := func(res int64, seq uint64) *messages.Loadlog {
+		return &messages.Loadlog{ReservationID: res, RequestSeq: seq}
+	}
+	rs := func(res int64, seq uint64) *messages.Result {
+		return &messages.Result{ReservationID: res, RequestSeq: seq}
+	}
+	var tr messages.LateTracker
+	for i, c := range []struct {
+		l    *messages.Loadlog
+		r    *messages.Result
+		late bool
+	}{
+		{l: ll(1, 10)},             // before any result
+		{r: rs(1, 10)},             // the request's result
+		{l: ll(1, 10), late: true}, // after its own result: a fenced-out job's
+		{l: ll(1, 9), late: true},  // an older request of the reservation
+		{l: ll(1, 11)},             // a newer request
+		{l: ll(2, 10)},             // another reservation
+		{r: rs(1, 8)},              // an older result does not lower the floor
+		{l: ll(1, 10), late: true}, //
+		{r: rs(1, 12)}, {l: ll(1, 11), late: true},
+	} {
+		if got := tr.Observe(c.l, c.r); got != c.late {
+			t.Errorf("event %d: late %v, want %v", i, got, c.late)
+		}
+	}
+}

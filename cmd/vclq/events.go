@@ -66,7 +66,11 @@ func printEvent(w io.Writer, ev eventlog.Event) {
 		if l.Info != "" {
 			info = "  " + l.Info
 		}
-		fmt.Fprintf(w, "%s #%d res %d %-8s step %2d %-18s %-5s%s%s  [%s]\n", ts, ev.Seq, l.ReservationID, l.Kind, l.Step, l.Name, l.Phase, dur, info, l.Worker)
+		late := ""
+		if ev.Late {
+			late = "  (late: after the request's result; ignored)"
+		}
+		fmt.Fprintf(w, "%s #%d res %d %-8s step %2d %-18s %-5s%s%s  [%s]%s\n", ts, ev.Seq, l.ReservationID, l.Kind, l.Step, l.Name, l.Phase, dur, info, l.Worker, late)
 	case ev.Result != nil:
 		r := ev.Result
 		detail := ""

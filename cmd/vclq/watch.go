@@ -85,6 +85,9 @@ func runWatch(ctx context.Context, e *env, args []string) int {
 		}()
 	}
 	err = eventlog.Read(wctx, js, eventlog.Filter{Reservation: res, Follow: true}, func(ev eventlog.Event) error {
+		if ev.Late {
+			return nil // a fenced-out job's event after the result
+		}
 		view.Apply(ev.Loadlog, ev.Result)
 		draw()
 		if ev.Result != nil {
