@@ -98,7 +98,7 @@ const (
 
 // ErrSuperseded is the cause of a request that never ran because the slot served a
 // newer request first.
-var ErrSuperseded = errors.New("superseded by a newer request for the same slot")
+var ErrSuperseded = errors.New("a newer request for the same slot was served first")
 
 // CodeSuperseded is the error code of its failed result.
 const CodeSuperseded = "superseded"
@@ -416,7 +416,7 @@ func (p *Pool) finishUnadmitted(ctx context.Context, j *job, l *lease, a admissi
 			j.delivery, j.seq, a.served.Seq, a.served.Reservation, a.served.Kind, a.served.Worker)
 		j.log.Warn().Uint64("slot_seq", a.served.Seq).Msg(info)
 		p.noteStale(sctx, j, info)
-		p.failFinal(sctx, j, messages.Result{}, &CodedError{Code: CodeSuperseded, Err: fmt.Errorf("%w: slot %s served request seq %d (reservation %d) first",
+		p.failFinal(sctx, j, messages.Result{}, &CodedError{Code: CodeSuperseded, Err: fmt.Errorf("%w: slot %s has served request seq %d (reservation %d)",
 			ErrSuperseded, j.req.Computer.ShortName, a.served.Seq, a.served.Reservation)}, false, j.ack(sctx))
 	}
 	p.release(sctx, j, l)

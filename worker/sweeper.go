@@ -103,6 +103,18 @@ func (p *Pool) sweepOne(ctx context.Context, m jetstream.Msg) error {
 		r = p.rejected(hint, a.StreamSeq, a.Deliveries, text)
 		dl = publisher.DeadLetter{Kind: hint.Kind, ReservationID: hint.ReservationID, RequestID: hint.RequestID, Reason: "rejected: " + text}
 	} else {
+		done, err := p.resultOf(ctx, req.Reservation.ID, a.StreamSeq)
+		if err != nil {
+			return fmt.Errorf("look up the result of request %d: %w", a.StreamSeq, err)
+		}
+		if done != nil {
+			// Its result was stored but the acks were lost: nothing to move.
+			log.Info().Int64("reservation", req.Reservation.ID).Msg("dead-letter sweeper: request already has a result; removed from the queue")
+			if err := p.requests.DeleteMsg(ctx, a.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+				return fmt.Errorf("delete request %d: %w", a.StreamSeq, err)
+			}
+			return nil
+		}
 		r = messages.Result{
 			Schema: messages.SchemaVersion, ReservationID: req.Reservation.ID, RequestID: req.Request.ID,
 			ComputerID: req.Computer.ID, Kind: req.Kind, Outcome: messages.OutcomeFailed,
@@ -111,6 +123,14 @@ func (p *Pool) sweepOne(ctx context.Context, m jetstream.Msg) error {
 			Deliveries: a.Deliveries, RequestSeq: a.StreamSeq,
 		}
 		dl = publisher.DeadLetter{Kind: req.Kind, ReservationID: req.Reservation.ID, RequestID: req.Request.ID, Reason: reason}
+		rec, _, err := p.readSlotRecord(ctx, SlotServedKey(req.Computer.ID))
+		if err != nil {
+			return fmt.Errorf("read the slot record of request %d: %w", a.StreamSeq, err)
+		}
+		if rec.Seq > a.StreamSeq {
+			// The slot serves a newer request: leave its computer alone.
+			r.ComputerState = ""
+		}
 	}
 	dl.Data, dl.Header, dl.Subject, dl.Seq, dl.Deliveries, dl.Worker = raw.Data, raw.Header, raw.Subject, a.StreamSeq, a.Deliveries, p.cfg.ID
 	if err := p.pub.DeadLetter(ctx, dl); err != nil {
