@@ -53,6 +53,10 @@ type Config struct {
 	// DisableSweeper turns off the dead-letter sweeper of this process (the sweeper
 	// consumer is shared: one sweeping worker is enough). default: false (sweeps).
 	DisableSweeper bool `json:"disable_sweeper,omitempty"`
+	// SkipSlotOrdering turns off per-slot ordering (admission against the slot's
+	// served record): a stale delivery could then act again. For the benchmark that
+	// measures the ordering's cost only; no configuration file can set it.
+	SkipSlotOrdering bool `json:"-"`
 	// Publisher tunes event publishing (retries, timeouts).
 	Publisher publisher.Options `json:"publisher,omitzero"`
 }
