@@ -28,6 +28,7 @@ func Suites() []Suite {
 		{Name: "esx", Run: ESX},
 		{Name: "flows", Run: Flows},
 		{Name: "bridge", Run: Bridge},
+		{Name: "takeover", Run: Takeover},
 	}
 }
 
