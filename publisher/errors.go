@@ -23,4 +23,6 @@ func IsInvalid(err error) bool { return errors.Is(err, ErrInvalidEvent) }
 
 // IsPermanent reports whether retrying the publish that returned err cannot help: an
 // invalid event or a rejected publish.
-func IsPermanent(err error) bool { return errors.Is(err, ErrInvalidEvent) || errors.Is(err, ErrRejected) }
+func IsPermanent(err error) bool {
+	return errors.Is(err, ErrInvalidEvent) || errors.Is(err, ErrRejected)
+}

@@ -29,10 +29,10 @@ func loadlogOf(reservation int64, step int) *messages.Loadlog {
 
 // call is one publish call of the failover test.
 type call struct {
-	key           string   // the subject of its events ("results" for results)
-	ids           []string // the dedup ids it published, in order
+	key        string   // the subject of its events ("results" for results)
+	ids        []string // the dedup ids it published, in order
 	start, end time.Time
-	err           error
+	err        error
 }
 
 // publishLoop calls publish with the next ids until stop is closed, pausing between

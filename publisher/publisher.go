@@ -313,4 +313,3 @@ func setCommon(h nats.Header, reservation, request int64, kind messages.Kind, wo
 		h.Set(messages.HeaderWorker, worker)
 	}
 }
-
