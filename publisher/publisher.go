@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -70,6 +71,7 @@ type Publisher struct {
 	mu        sync.Mutex
 	lastAsync error
 	lastAt    time.Time
+	watching  atomic.Bool          // WatchAsyncErrors was called: denials are reported
 	denied    map[string]time.Time // subject → last permission violation
 	deniedSig chan struct{}        // closed (and replaced) on each permission violation
 }
@@ -88,6 +90,7 @@ func (p *Publisher) Budget() time.Duration { return p.o.Budget }
 // handler that was installed before.
 func (p *Publisher) WatchAsyncErrors(nc *nats.Conn) {
 	prev := nc.Opts.AsyncErrorCB
+	p.watching.Store(true)
 	nc.SetErrorHandler(func(c *nats.Conn, s *nats.Subscription, err error) {
 		p.mu.Lock()
 		p.lastAsync, p.lastAt = err, time.Now()

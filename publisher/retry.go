@@ -70,7 +70,9 @@ func (p *Publisher) try(ctx context.Context, m *nats.Msg, id string, lookedUp *b
 	defer abort(nil)
 	tctx, cancel := context.WithTimeoutCause(cctx, p.o.Timeout, errTryTimeout)
 	defer cancel()
-	go p.abortOnDenial(tctx, m.Subject, start, abort)
+	if p.watching.Load() {
+		go p.abortOnDenial(tctx, m.Subject, start, abort)
+	}
 	_, err := p.js.PublishMsg(tctx, m, jetstream.WithMsgID(id))
 	if err == nil {
 		return nil
