@@ -49,8 +49,10 @@ func NewHandler(cfg Config) (*Handler, error) {
 	return &Handler{cfg: cfg}, nil
 }
 
-// Handle runs the request's flow. See worker.Handler for the contract.
-func (h *Handler) Handle(ctx context.Context, job *worker.Job) (messages.Result, error) {
+// Handle runs the request's flow. See worker.Handler for the contract. It returns
+// only once every loadlog event of the job is stored; if some cannot be, it fails
+// with a retryable error whatever the flow's outcome (see eventsStored).
+func (h *Handler) Handle(ctx context.Context, job *worker.Job) (res messages.Result, err error) {
 	req := job.Request
 	log := h.cfg.Log.With().Int64("reservation", req.Reservation.ID).Str("computer", req.Computer.ShortName).
 		Str("kind", string(req.Kind)).Str("worker", job.Worker).Logger()
@@ -59,7 +61,7 @@ func (h *Handler) Handle(ctx context.Context, job *worker.Job) (messages.Result,
 		return failedStates(req.Kind), worker.Permanent(fmt.Errorf("reservation %d: %w", req.Reservation.ID, err))
 	}
 	r := newRunner(job.Events, log)
-	defer r.flush()
+	defer func() { res, err = eventsStored(r, req, res, err) }()
 	f.run, f.Delivery = r, job.Delivery
 	r.guard = job.Guard
 
@@ -80,6 +82,30 @@ func (h *Handler) Handle(ctx context.Context, job *worker.Job) (messages.Result,
 		return f.Result, nil
 	}
 	return h.failed(ctx, job, f, r, err)
+}
+
+// eventsStored waits until every loadlog event of the job is stored (runner.flush)
+// and passes the flow's outcome on. If some are not stored, the outcome must not be
+// claimed (a result is stored only after all of its job's loadlog events): the job
+// fails with a retryable error even if the flow succeeded or failed permanently, so
+// the request is run again and its events (deterministic dedup ids) stored then, each
+// once. The failed result's states are the kind's failure states and it carries no
+// passwords.
+func eventsStored(r *runner, req *messages.Request, res messages.Result, err error) (messages.Result, error) {
+	ferr := r.flush()
+	if ferr == nil {
+		return res, err
+	}
+	ferr = fmt.Errorf("reservation %d: %w", req.Reservation.ID, ferr)
+	r.log.Error().Err(ferr).AnErr("flow_error", err).Msg("loadlog events not stored: the job fails and will be retried")
+	states := failedStates(req.Kind)
+	res.RequestState, res.ComputerState = states.RequestState, states.ComputerState
+	res.Passwords = nil
+	if err == nil {
+		return res, ferr
+	}
+	// %v, not %w: a permanent flow error must not make this failure permanent.
+	return res, fmt.Errorf("%w (the flow failed too: %v)", ferr, err)
 }
 
 func (h *Handler) newFlow(req *messages.Request) (*Flow, error) {

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/vclq/vclq/internal/wait"
 	"github.com/vclq/vclq/messages"
+	"github.com/vclq/vclq/publisher"
 	"github.com/vclq/vclq/worker"
 )
 
@@ -36,32 +39,64 @@ const cleanupTimeout = 5 * time.Minute
 // earlier one's outcome reads as one numbered list.
 //
 // Events are published in order by a goroutine of the runner, so a step never waits
-// for the event store; flush waits (bounded) until all are stored, and the handler
-// returns only then, so a job's result is always stored after its loadlog events.
+// for the event store. Each batch is retried for the sink's publish budget; once one
+// cannot be stored, no later event is sent (the job's events stay gapless, in order)
+// and flush reports it. The handler returns only after flush, and fails (retryably)
+// unless every event was stored, so a job's result is stored only after all of its
+// loadlog events.
 type runner struct {
 	events worker.EventSink
 	// guard is the job's (worker.Job.Guard): asked before every step and every
 	// cleanup, so that a job that lost its slot starts nothing more on it. Optional.
 	guard   func(ctx context.Context) error
 	log     zerolog.Logger
+	budget  time.Duration
+	grace   time.Duration // flushGrace
 	next    int
 	started []startedStep
 
-	mu     sync.Mutex
-	queue  chan worker.StepEvent
-	closed bool
-	done   chan struct{}
+	mu      sync.Mutex
+	queue   chan worker.StepEvent
+	closed  bool
+	emitted int // events queued
+	done    chan struct{}
+
+	stored   atomic.Int64  // events stored
+	progress chan struct{} // a batch was stored (1 buffered)
+
+	failMu  sync.Mutex
+	failure error // why events could not be stored; nothing is sent after it
 }
 
 // eventQueue bounds the events waiting to be published; a full queue makes the flow
 // wait (back-pressure) rather than drop an event.
 const eventQueue = 256
 
-// flushTimeout bounds the wait for the last events of a job.
-const flushTimeout = 30 * time.Second
+// budgeted is an event sink that says how long it keeps trying to store an event
+// (the worker's: its publisher's budget, publisher.Options.Budget).
+type budgeted interface {
+	PublishBudget() time.Duration
+}
+
+// flushGrace is how much longer than the publish budget flush waits for a batch.
+const flushGrace = 5 * time.Second
+
+// storeRetry and storeMaxRetry pace the runner's retries of a sink call that failed
+// before its budget was spent (the worker's sink retries inside the call already).
+const (
+	storeRetry    = 100 * time.Millisecond
+	storeMaxRetry = 2 * time.Second
+)
+
+// errFlushTimeout: flush stopped waiting for the publishing goroutine.
+var errFlushTimeout = errors.New("loadlog publishing made no progress")
 
 func newRunner(events worker.EventSink, log zerolog.Logger) *runner {
-	r := &runner{events: events, log: log, queue: make(chan worker.StepEvent, eventQueue), done: make(chan struct{})}
+	r := &runner{events: events, log: log, budget: publisher.DefaultBudget, grace: flushGrace,
+		queue: make(chan worker.StepEvent, eventQueue), done: make(chan struct{}), progress: make(chan struct{}, 1)}
+	if b, ok := events.(budgeted); ok && b.PublishBudget() > 0 {
+		r.budget = b.PublishBudget()
+	}
 	go r.publish()
 	return r
 }
@@ -76,7 +111,8 @@ type batchSink interface {
 const maxBatch = 32
 
 // publish stores the queued events in order: one at a time, or, when the sink takes
-// batches, everything queued so far at once.
+// batches, everything queued so far at once. Once a batch could not be stored, the
+// rest are not sent (flush reports them).
 func (r *runner) publish() {
 	defer close(r.done)
 	bs, batched := r.events.(batchSink)
@@ -94,33 +130,85 @@ func (r *runner) publish() {
 			}
 			break
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		var err error
-		if batched {
-			err = bs.LoadlogBatch(ctx, batch)
-		} else {
-			err = r.events.Loadlog(ctx, ev)
+		if r.failed() != nil {
+			continue // drained, not sent: a later event stored before an earlier one would read as a gap
 		}
-		cancel()
-		if err != nil && !errors.Is(err, context.Canceled) {
-			r.log.Warn().Err(err).Str("step", ev.Name).Str("phase", string(ev.Phase)).Int("events", len(batch)).Msg("loadlog events not published")
+		if err := r.store(bs, batch); err != nil {
+			r.fail(fmt.Errorf("loadlog events from step %d %s %s on: %w", ev.Step, ev.Name, ev.Phase, err))
+			r.log.Error().Err(err).Int("step", ev.Step).Str("name", ev.Name).Str("phase", string(ev.Phase)).Int("events", len(batch)).
+				Dur("budget", r.budget).Msg("loadlog events not stored: no later event is sent, the job fails")
+			continue
+		}
+		r.stored.Add(int64(len(batch)))
+		select {
+		case r.progress <- struct{}{}:
+		default:
 		}
 	}
 }
 
-// flush waits until every queued event is stored (or flushTimeout passes); later
-// events are dropped with a log line.
-func (r *runner) flush() {
+// store stores batch (through the batch sink if bs is not nil, else its one event),
+// retrying for the publish budget; a sink error that no retry fixes
+// (publisher.IsPermanent) stops at once. Events of a cancelled job are still
+// recorded: the job's context is not used.
+func (r *runner) store(bs batchSink, batch []worker.StepEvent) error {
+	return wait.Retry(context.Background(), r.budget, storeRetry, func(ctx context.Context) error {
+		var err error
+		if bs != nil {
+			err = bs.LoadlogBatch(ctx, batch)
+		} else {
+			err = r.events.Loadlog(ctx, batch[0])
+		}
+		if publisher.IsPermanent(err) {
+			return wait.Permanent(err)
+		}
+		return err
+	}, wait.Backoff(storeMaxRetry), wait.Jitter(0.2))
+}
+
+func (r *runner) fail(err error) {
+	r.failMu.Lock()
+	defer r.failMu.Unlock()
+	if r.failure == nil {
+		r.failure = err
+	}
+}
+
+func (r *runner) failed() error {
+	r.failMu.Lock()
+	defer r.failMu.Unlock()
+	return r.failure
+}
+
+// flush ends the job's events and waits until every one is stored: it returns nil
+// then, else an error saying how many were not stored and why. It waits as long as
+// the publishing goroutine makes progress, and at most the publish budget (plus
+// flushGrace) for any one batch; when it gives up, nothing more is sent.
+func (r *runner) flush() error {
 	r.mu.Lock()
 	if !r.closed {
 		r.closed = true
 		close(r.queue)
 	}
+	emitted := r.emitted
 	r.mu.Unlock()
-	select {
-	case <-r.done:
-	case <-time.After(flushTimeout):
-		r.log.Error().Dur("waited", flushTimeout).Msg("loadlog events still unpublished at the end of the job")
+	idle := r.budget + r.grace
+	t := time.NewTimer(idle)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.done:
+			err := r.failed()
+			if err == nil {
+				return nil
+			}
+			return fmt.Errorf("%d of %d loadlog events not stored: %w", emitted-int(r.stored.Load()), emitted, err)
+		case <-r.progress:
+			t.Reset(idle)
+		case <-t.C:
+			r.fail(fmt.Errorf("%w for %s", errFlushTimeout, idle))
+			return fmt.Errorf("%d of %d loadlog events not stored: %w", emitted-int(r.stored.Load()), emitted, r.failed())
+		}
 	}
 }
 
@@ -197,9 +285,10 @@ func (r *runner) emit(_ context.Context, n int, name string, phase messages.Phas
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
-		r.log.Warn().Str("step", name).Str("phase", string(phase)).Msg("loadlog event after the job ended: dropped")
+		r.log.Error().Str("step", name).Str("phase", string(phase)).Msg("loadlog event after the job ended: dropped")
 		return
 	}
+	r.emitted++
 	// The event carries its moment: it may be published later, behind others.
 	r.queue <- worker.StepEvent{Step: n, Name: name, Phase: phase, Info: info, Duration: d, At: time.Now()}
 }

@@ -3,37 +3,52 @@ package publisher
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/vclq/vclq/internal/wait"
 	"github.com/vclq/vclq/messages"
 )
 
+// DefaultBudget is the default time one publish (or one LoadlogBatch) keeps trying.
+// It must outlast a JetStream leader election: a 3-node cluster re-elects a stream
+// leader within seconds, and after a SIGKILL of a leader publishing stalls up to ~8 s;
+// a restarted single server takes about as long. A publish whose budget is spent
+// fails; its caller must not go on as if it was stored.
+const DefaultBudget = 60 * time.Second
+
 // Options of a Publisher. The zero value is usable: every field has a default.
 type Options struct {
-	// Attempts bounds the tries of one publish. default: 5.
-	Attempts int `json:"attempts,omitempty"`
-	// Timeout bounds one try (when the caller's context has no earlier deadline).
-	// default: 5s.
+	// Budget bounds all tries of one publish (or of one LoadlogBatch) together,
+	// pauses included. default: DefaultBudget (60s).
+	Budget time.Duration `json:"budget,omitempty"`
+	// Timeout bounds one try. default: 5s.
 	Timeout time.Duration `json:"timeout,omitempty"`
 	// Backoff is the pause after the first failed try, doubled after each further one
-	// up to MaxBackoff. default: 100ms.
+	// up to MaxBackoff, each shortened by a random jitter of up to 20%. default: 100ms.
 	Backoff time.Duration `json:"backoff,omitempty"`
 	// MaxBackoff caps the pause. default: 2s.
 	MaxBackoff time.Duration `json:"max_backoff,omitempty"`
+	// Attempts optionally caps the tries of one publish as well; 0 (the default)
+	// means as many as fit in Budget.
+	Attempts int `json:"attempts,omitempty"`
 }
 
+// jitter is the fraction by which each pause is randomly shortened.
+const jitter = 0.2
+
 func (o Options) withDefaults() Options {
-	if o.Attempts <= 0 {
-		o.Attempts = 5
+	if o.Budget <= 0 {
+		o.Budget = DefaultBudget
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Second
@@ -56,12 +71,18 @@ type Publisher struct {
 	mu        sync.Mutex
 	lastAsync error
 	lastAt    time.Time
+	watching  atomic.Bool          // WatchAsyncErrors was called: denials are reported
+	denied    map[string]time.Time // subject → last permission violation
+	deniedSig chan struct{}        // closed (and replaced) on each permission violation
 }
 
 // New returns a Publisher on js.
 func New(js jetstream.JetStream, o Options, log zerolog.Logger) *Publisher {
-	return &Publisher{js: js, o: o.withDefaults(), log: log}
+	return &Publisher{js: js, o: o.withDefaults(), log: log, denied: map[string]time.Time{}, deniedSig: make(chan struct{})}
 }
+
+// Budget is how long one publish keeps trying (Options.Budget).
+func (p *Publisher) Budget() time.Duration { return p.o.Budget }
 
 // WatchAsyncErrors installs an asynchronous error handler on nc that logs the error
 // (a denied publish shows only there; to the publisher it looks like a timeout) and
@@ -69,9 +90,13 @@ func New(js jetstream.JetStream, o Options, log zerolog.Logger) *Publisher {
 // handler that was installed before.
 func (p *Publisher) WatchAsyncErrors(nc *nats.Conn) {
 	prev := nc.Opts.AsyncErrorCB
+	p.watching.Store(true)
 	nc.SetErrorHandler(func(c *nats.Conn, s *nats.Subscription, err error) {
 		p.mu.Lock()
 		p.lastAsync, p.lastAt = err, time.Now()
+		if subject, ok := deniedSubject(err); ok {
+			p.noteDenied(subject, p.lastAt)
+		}
 		p.mu.Unlock()
 		if prev != nil {
 			prev(c, s, err)
@@ -111,13 +136,15 @@ func loadlogMsg(l *messages.Loadlog) (*nats.Msg, error) {
 	return m, nil
 }
 
-// LoadlogBatch publishes events as Loadlog does, pipelined: all are sent at once
+// LoadlogBatch publishes events as Loadlog does, pipelined: they are sent at once
 // (asynchronously, in order, on one connection, so the server stores them in order)
-// and then awaited, one round trip for the batch instead of one per event. Events
-// whose asynchronous publish failed are published again one by one, in order, with
-// Loadlog's retries; such an event may then be stored after later ones of the batch
-// (its step number and time still place it). An invalid event fails the call before
-// anything is sent.
+// and then awaited, one round trip for the batch instead of one per event. From the
+// first event whose pipelined publish was not acknowledged on, the rest are published
+// one by one, in order, each only after the one before it was stored (events already
+// acknowledged are not sent again), so a failure mid-batch does not reorder it. Nothing
+// is sent while the connection is down (it would wait in the client's reconnect buffer
+// and be stored ahead of an earlier event lost with the old connection). One Budget
+// bounds the whole call. An invalid event fails the call before anything is sent.
 func (p *Publisher) LoadlogBatch(ctx context.Context, ls []*messages.Loadlog) error {
 	msgs := make([]*nats.Msg, len(ls))
 	for i, l := range ls {
@@ -127,39 +154,79 @@ func (p *Publisher) LoadlogBatch(ctx context.Context, ls []*messages.Loadlog) er
 		}
 		msgs[i] = m
 	}
-	futures := make([]jetstream.PubAckFuture, len(msgs))
+	bctx, cancel := context.WithTimeoutCause(ctx, p.o.Budget, wait.ErrTimeout)
+	defer cancel()
+	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
+	nc := p.js.Conn()
 	for i, m := range msgs {
-		f, err := p.js.PublishMsgAsync(m, jetstream.WithMsgID(ls[i].MsgID()))
-		if err != nil {
+		if nc != nil && !nc.IsConnected() {
 			break // the rest go one by one below
 		}
-		futures[i] = f
+		f, err := p.js.PublishMsgAsync(m, jetstream.WithMsgID(ls[i].MsgID()))
+		if err != nil {
+			p.log.Warn().Err(err).Str("msg_id", ls[i].MsgID()).Msg("pipelined publish not sent, publishing one by one")
+			break
+		}
+		futures = append(futures, f)
 	}
-	wctx, cancel := context.WithTimeout(ctx, p.o.Timeout)
-	defer cancel()
-	failed := make([]bool, len(msgs))
+	acked := make([]bool, len(msgs))
+	wctx, wcancel := context.WithTimeout(bctx, p.o.Timeout)
 	for i, f := range futures {
-		if f == nil {
-			failed[i] = true
+		if err := awaitAck(wctx, f); err != nil {
+			p.log.Warn().Err(err).Str("msg_id", ls[i].MsgID()).Msg("pipelined publish not acknowledged, publishing one by one")
 			continue
 		}
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			p.log.Warn().Err(err).Str("msg_id", ls[i].MsgID()).Msg("pipelined publish failed, retrying alone")
-			failed[i] = true
-		case <-wctx.Done():
-			failed[i] = true
-		}
+		acked[i] = true
 	}
-	for i, m := range msgs {
-		if failed[i] {
-			if err := p.publish(ctx, m, ls[i].MsgID()); err != nil {
-				return err
-			}
+	wcancel()
+	first := slices.Index(acked, false)
+	if first < 0 {
+		return nil
+	}
+	if n := countTrue(acked[first:]); n > 0 {
+		// Not preventable after the fact: the server stored later events of the
+		// pipeline but not an earlier one (lost with a connection).
+		p.log.Error().Str("msg_id", ls[first].MsgID()).Int("stored_after_it", n).Msg("loadlog event stored after later ones of its batch")
+	}
+	for i := first; i < len(msgs); i++ {
+		if acked[i] {
+			continue
+		}
+		if err := p.publish(bctx, msgs[i], ls[i].MsgID()); err != nil {
+			return fmt.Errorf("loadlog batch: event %d of %d and the %d after it not stored: %w", i+1, len(msgs), len(msgs)-i-1, err)
 		}
 	}
 	return nil
+}
+
+// awaitAck waits for f's acknowledgement until ctx ends; an acknowledgement that is
+// already there wins over an ended ctx.
+func awaitAck(ctx context.Context, f jetstream.PubAckFuture) error {
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	default:
+	}
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+func countTrue(bs []bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
 }
 
 // Result publishes a result event on vcl.events.result.<reservation> with its dedup
@@ -249,50 +316,3 @@ func setCommon(h nats.Header, reservation, request int64, kind messages.Kind, wo
 		h.Set(messages.HeaderWorker, worker)
 	}
 }
-
-// publish stores m with the dedup id, retrying with backoff. It blocks until the
-// server acknowledged, the attempts are spent, or ctx ends.
-func (p *Publisher) publish(ctx context.Context, m *nats.Msg, id string) error {
-	start := time.Now()
-	backoff := p.o.Backoff
-	var last error
-	for attempt := 1; attempt <= p.o.Attempts; attempt++ {
-		actx, cancel := context.WithTimeout(ctx, p.o.Timeout)
-		_, err := p.js.PublishMsg(actx, m, jetstream.WithMsgID(id))
-		cancel()
-		if err == nil {
-			return nil
-		}
-		last = err
-		if ctx.Err() != nil {
-			break
-		}
-		if attempt < p.o.Attempts {
-			p.log.Warn().Err(err).Str("subject", m.Subject).Str("msg_id", id).Int("attempt", attempt).Msg("publish failed, retrying")
-			t := time.NewTimer(backoff)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-			case <-t.C:
-			}
-			if ctx.Err() != nil {
-				break
-			}
-			backoff = min(2*backoff, p.o.MaxBackoff)
-		}
-	}
-	err := fmt.Errorf("%w: %s (id %s) after %s: %w", ErrPublish, m.Subject, id, time.Since(start).Round(time.Millisecond), last)
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%w: %w", err, context.Cause(ctx))
-	}
-	p.mu.Lock()
-	async, at := p.lastAsync, p.lastAt
-	p.mu.Unlock()
-	if async != nil && time.Since(at) < time.Minute {
-		err = fmt.Errorf("%w (recent asynchronous error, e.g. a denied publish: %v)", err, async)
-	}
-	return err
-}
-
-// IsInvalid reports whether err is an invalid-event error (a bug, never retried).
-func IsInvalid(err error) bool { return errors.Is(err, ErrInvalidEvent) }

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vclq/vclq/internal/testutil"
+	"github.com/vclq/vclq/internal/wait"
 	"github.com/vclq/vclq/messages"
 	"github.com/vclq/vclq/publisher"
 	"github.com/vclq/vclq/streams"
@@ -147,44 +148,57 @@ func TestDeadLetterHeaders(t *testing.T) {
 	}
 }
 
-// A publish retries with backoff until the stream exists, and gives up after the
-// bounded attempts with ErrPublish.
+// While the server is away a publish retries until it is stored, its budget or
+// attempts are spent (ErrPublish with wait.ErrTimeout), or the caller's context ends
+// (ErrPublish with the cause).
 func TestPublishRetries(t *testing.T) {
-	t.Run("succeeds once the stream exists", func(t *testing.T) {
-		j := testutil.StartJetStream(t)
-		p := publisher.New(j.JS, publisher.Options{Attempts: 20, Timeout: 200 * time.Millisecond, Backoff: 50 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}, zerolog.Nop())
-		go func() {
-			time.Sleep(300 * time.Millisecond)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = streams.Ensure(ctx, j.JS, streams.Options{})
-		}()
-		if err := p.Result(context.Background(), result()); err != nil {
-			t.Fatalf("publish: %v", err)
-		}
-	})
-	t.Run("gives up after the attempts", func(t *testing.T) {
-		j := testutil.StartJetStream(t)
-		p := publisher.New(j.JS, publisher.Options{Attempts: 3, Timeout: 100 * time.Millisecond, Backoff: 10 * time.Millisecond}, zerolog.Nop())
-		start := time.Now()
-		err := p.Result(context.Background(), result())
-		if !errors.Is(err, publisher.ErrPublish) {
-			t.Fatalf("err %v, want ErrPublish", err)
-		}
-		if time.Since(start) > 5*time.Second {
-			t.Errorf("took %s: not bounded", time.Since(start))
-		}
-	})
-	t.Run("cancelled context stops retrying", func(t *testing.T) {
-		j := testutil.StartJetStream(t)
-		p := publisher.New(j.JS, publisher.Options{Attempts: 100, Timeout: 100 * time.Millisecond, Backoff: 50 * time.Millisecond}, zerolog.Nop())
-		ctx, cancel := context.WithTimeoutCause(context.Background(), 300*time.Millisecond, errors.New("job over"))
-		defer cancel()
-		err := p.Result(ctx, result())
-		if !errors.Is(err, publisher.ErrPublish) || !strings.Contains(err.Error(), "job over") {
-			t.Fatalf("err %v, want ErrPublish with the cause", err)
-		}
-	})
+	tests := []struct {
+		name       string
+		o          publisher.Options
+		ctxTimeout time.Duration
+		wantErr    []error
+		wantText   string
+		minElapsed time.Duration
+		maxElapsed time.Duration
+	}{
+		{name: "budget spent", o: publisher.Options{Budget: 700 * time.Millisecond, Timeout: 200 * time.Millisecond, Backoff: 20 * time.Millisecond},
+			wantErr: []error{publisher.ErrPublish, wait.ErrTimeout}, minElapsed: 600 * time.Millisecond, maxElapsed: 3 * time.Second},
+		{name: "attempts spent", o: publisher.Options{Attempts: 3, Timeout: 100 * time.Millisecond, Backoff: 10 * time.Millisecond},
+			wantErr: []error{publisher.ErrPublish, wait.ErrTimeout}, wantText: "3 tries", maxElapsed: 3 * time.Second},
+		{name: "cancelled context stops retrying", o: publisher.Options{Timeout: 100 * time.Millisecond, Backoff: 50 * time.Millisecond},
+			ctxTimeout: 300 * time.Millisecond, wantErr: []error{publisher.ErrPublish}, wantText: "job over", maxElapsed: 3 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			j := testutil.StartVCLJetStream(t, streams.Options{})
+			j.Server.Stop() // the client reconnects forever: every try times out
+			p := publisher.New(j.JS, tc.o, zerolog.Nop())
+			ctx := context.Background()
+			if tc.ctxTimeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeoutCause(ctx, tc.ctxTimeout, errors.New("job over"))
+				defer cancel()
+			}
+			start := time.Now()
+			err := p.Result(ctx, result())
+			elapsed := time.Since(start)
+			t.Logf("after %s: %v", elapsed.Round(time.Millisecond), err)
+			for _, w := range tc.wantErr {
+				if !errors.Is(err, w) {
+					t.Errorf("err %v, want it to wrap %v", err, w)
+				}
+			}
+			if errors.Is(err, publisher.ErrRejected) {
+				t.Errorf("err %v: a server that is away is not a rejection", err)
+			}
+			if tc.wantText != "" && (err == nil || !strings.Contains(err.Error(), tc.wantText)) {
+				t.Errorf("err %v, want it to say %q", err, tc.wantText)
+			}
+			if elapsed < tc.minElapsed || elapsed > tc.maxElapsed {
+				t.Errorf("took %s, want %s..%s", elapsed, tc.minElapsed, tc.maxElapsed)
+			}
+		})
+	}
 }
 
 // Asynchronous errors (a denied publish shows only there) are logged, passed to the

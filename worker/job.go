@@ -17,8 +17,9 @@ import (
 )
 
 // settleTimeout bounds the publishes and KV calls that finish a job; they run on a
-// context detached from the job's (which may be cancelled already).
-const settleTimeout = 30 * time.Second
+// context detached from the job's (which may be cancelled already). It lets a dead
+// letter and a result each use the default publish budget.
+const settleTimeout = 2*publisher.DefaultBudget + 10*time.Second
 
 // job is the pool's state of one delivery.
 type job struct {
@@ -451,6 +452,10 @@ type jobEvents struct {
 	p *Pool
 	j *job
 }
+
+// PublishBudget is how long a publish keeps trying (publisher.Options.Budget): the
+// flow runner retries and waits for the job's events that long.
+func (e *jobEvents) PublishBudget() time.Duration { return e.p.pub.Budget() }
 
 // LoadlogBatch publishes events in order with one round trip (publisher.LoadlogBatch).
 func (e *jobEvents) LoadlogBatch(ctx context.Context, evs []StepEvent) error {

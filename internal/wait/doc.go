@@ -13,4 +13,10 @@
 // A condition reports (true, nil) when done, (false, nil) or (false, err) to be polled
 // again (err is remembered as the last transient error), and Permanent(err) to stop at
 // once.
+//
+// Retry is the time-bounded retry of an operation (nil when done), usually paced with
+// Backoff (doubling pauses, capped) and Jitter:
+//
+//	err := wait.Retry(ctx, time.Minute, 100*time.Millisecond, publishOnce,
+//		wait.Backoff(2*time.Second), wait.Jitter(0.2))
 package wait

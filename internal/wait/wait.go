@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 )
 
@@ -16,6 +17,8 @@ type Option func(*config)
 type config struct {
 	maxAttempts  int
 	initialDelay time.Duration
+	maxInterval  time.Duration // > 0: exponential backoff up to this
+	jitter       float64       // in (0, 1): pauses shortened by up to this fraction
 }
 
 // MaxAttempts bounds the number of calls to the condition; n <= 0 means no limit other
@@ -25,6 +28,34 @@ func MaxAttempts(n int) Option { return func(c *config) { c.maxAttempts = n } }
 // InitialDelay waits d before the first attempt (default 0). The delay counts against
 // the timeout.
 func InitialDelay(d time.Duration) Option { return func(c *config) { c.initialDelay = d } }
+
+// Backoff makes the pause between attempts grow: `every` after the first attempt,
+// doubled after each further one, up to max (a max below `every` keeps `every`). Each
+// pause then runs from the end of an attempt, not from its start, so a slow attempt
+// does not eat its pause. Without Backoff (and Jitter) Until polls at a fixed rate.
+func Backoff(max time.Duration) Option { return func(c *config) { c.maxInterval = max } }
+
+// Jitter shortens every pause by a random fraction of at most f (0 < f < 1; other
+// values mean no jitter), so that callers that failed together do not retry in step.
+// Like Backoff, it makes pauses run from the end of an attempt.
+func Jitter(f float64) Option {
+	return func(c *config) {
+		if f > 0 && f < 1 {
+			c.jitter = f
+		}
+	}
+}
+
+// Retry calls op until it returns nil, for at most budget in all (every attempt's
+// context ends with the budget): a time-bounded retry. op's error is the transient
+// error; Permanent(err) stops at once. It is Until with op as the condition and takes
+// the same options, typically Backoff and Jitter; it returns what Until returns.
+func Retry(ctx context.Context, budget, every time.Duration, op func(ctx context.Context) error, opts ...Option) error {
+	return Until(ctx, budget, every, func(ctx context.Context) (bool, error) {
+		err := op(ctx)
+		return err == nil, err
+	}, opts...)
+}
 
 // Until calls cond until it reports done, and blocks until then. It calls cond at once
 // (after the InitialDelay option, if any), then every `every`, for at most `timeout` in
@@ -59,8 +90,8 @@ func Until(ctx context.Context, timeout, every time.Duration, cond Cond, opts ..
 			return fail(0, nil)
 		}
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
+	next, stop := pacer(every, cfg)
+	defer stop()
 	for attempts := 1; ; attempts++ {
 		done, err := cond(wctx)
 		if done && err == nil {
@@ -75,12 +106,39 @@ func Until(ctx context.Context, timeout, every time.Duration, cond Cond, opts ..
 		if cfg.maxAttempts > 0 && attempts >= cfg.maxAttempts {
 			return fail(attempts, last)
 		}
-		select {
-		case <-wctx.Done():
+		if !next(wctx) {
 			return fail(attempts, last)
-		case <-t.C:
 		}
 	}
+}
+
+// pacer returns the pause between attempts: next blocks until the next attempt is due
+// and reports false if ctx ended first; stop releases it. Plain: a ticker started
+// before the first attempt (a fixed rate). With Backoff or Jitter: a timer from the end
+// of each attempt, doubling up to the maximum, shortened by the jitter.
+func pacer(every time.Duration, cfg config) (next func(ctx context.Context) bool, stop func()) {
+	if cfg.maxInterval <= 0 && cfg.jitter == 0 {
+		t := time.NewTicker(every)
+		return func(ctx context.Context) bool {
+			select {
+			case <-ctx.Done():
+				return false
+			case <-t.C:
+				return true
+			}
+		}, t.Stop
+	}
+	d := every
+	return func(ctx context.Context) bool {
+		pause := d
+		if cfg.jitter > 0 {
+			pause -= time.Duration(rand.Float64() * cfg.jitter * float64(pause))
+		}
+		if cfg.maxInterval > 0 {
+			d = min(2*d, max(cfg.maxInterval, every))
+		}
+		return sleep(ctx, pause)
+	}, func() {}
 }
 
 // Sleep blocks for d or until ctx ends; it returns context.Cause(ctx) if ctx ended
