@@ -169,7 +169,8 @@ func (p *Pool) process(pullCtx context.Context, msg jetstream.Msg) (tail func())
 	j.state.Store(JobRunning)
 
 	res, herr := p.runHandler(ctx, j, l)
-	l.stopRenewing()
+	// The lease is renewed until it is released: a result publish may wait out a
+	// leader election (the publisher's budget), longer than the lease TTL.
 	if j.abandoned.Load() {
 		return nil
 	}
@@ -239,6 +240,7 @@ func (p *Pool) finish(ctx context.Context, j *job, l *lease, res messages.Result
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
 	lost := errors.Is(cause, ErrLeaseLost) || l.isLost()
+	defer l.stopRenewing() // renewed while the outcome is published; stopped before any release
 	switch {
 	case lost:
 		// Never touch the slot again, and publish nothing: another delivery may own
@@ -274,6 +276,7 @@ func (p *Pool) finish(ctx context.Context, j *job, l *lease, res messages.Result
 	default:
 		p.fail(sctx, j, res, herr)
 	}
+	l.stopRenewing()
 	p.release(sctx, j, l)
 	return nil
 }
