@@ -190,7 +190,7 @@ func startDevWorkers(ctx context.Context, d *devEnv, wg *sync.WaitGroup) error {
 		return err
 	}
 	d.pool, err = worker.New(d.js, d.nc, h, worker.Config{
-		ID: "dev-worker", Version: version, Concurrency: d.opts.concurrency, LeaseTTL: 10 * time.Second,
+		ID: "dev-worker", Version: buildVersion(), Concurrency: d.opts.concurrency, LeaseTTL: 10 * time.Second,
 		ShutdownGrace: 5 * time.Second, RetryDelay: time.Second,
 	}, d.e.log)
 	if err != nil {

@@ -52,9 +52,6 @@ func commands() map[string]command {
 	}
 }
 
-// version is set with -ldflags "-X main.version=...".
-var version = "dev"
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
@@ -106,9 +103,4 @@ func newLogger(w io.Writer) zerolog.Logger {
 		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
 	}
 	return zerolog.New(out).Level(level).With().Timestamp().Logger()
-}
-
-func runVersion(_ context.Context, e *env, _ []string) int {
-	fmt.Fprintln(e.stdout, "vclq", version)
-	return exitOK
 }
