@@ -4,6 +4,8 @@ import (
 	"runtime/debug"
 	"strings"
 	"testing"
+
+	"github.com/vclq/vclq/internal/testutil"
 )
 
 // Every subcommand's -h and --help prints a usage naming it, with its flags, to stdout
@@ -88,5 +90,24 @@ func TestVersionFromBuildInfo(t *testing.T) {
 	}
 	if got := fromBuildInfo(nil); got.Version == "dev" || got.Module == "" {
 		t.Fatalf("no build info: %+v", got)
+	}
+}
+
+// Logs to a pipe or file carry no terminal colour codes.
+func TestLoggerColoursOnlyOnATerminal(t *testing.T) {
+	t.Setenv("VCLQ_LOG_FORMAT", "")
+	for _, tc := range []struct {
+		name string
+		w    interface {
+			Write([]byte) (int, error)
+			String() string
+		}
+		colour bool
+	}{{"pipe", &testutil.SyncBuffer{}, false}, {"terminal", &fakeTerminal{cols: 80}, true}} {
+		log := newLogger(tc.w)
+		log.Warn().Str("k", "v").Msg("hello")
+		if got := strings.Contains(tc.w.String(), "\x1b["); got != tc.colour {
+			t.Errorf("%s: colour codes %t, want %t: %q", tc.name, got, tc.colour, tc.w.String())
+		}
 	}
 }

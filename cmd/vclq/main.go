@@ -91,7 +91,8 @@ func usage(w io.Writer, cmds map[string]command) {
 	fmt.Fprintln(w, "\nRun `vclq <command> -h` for its flags.")
 }
 
-// newLogger logs to w: JSON when VCLQ_LOG_FORMAT=json, a console format otherwise; the
+// newLogger logs to w: JSON when VCLQ_LOG_FORMAT=json, a console format otherwise
+// (coloured on a terminal); the
 // level comes from VCLQ_LOG_LEVEL (default info).
 func newLogger(w io.Writer) zerolog.Logger {
 	level, err := zerolog.ParseLevel(os.Getenv("VCLQ_LOG_LEVEL"))
@@ -100,7 +101,8 @@ func newLogger(w io.Writer) zerolog.Logger {
 	}
 	out := w
 	if os.Getenv("VCLQ_LOG_FORMAT") != "json" {
-		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+		_, tty := terminalWidth(w)
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !tty} // colours on a terminal only
 	}
 	return zerolog.New(out).Level(level).With().Timestamp().Logger()
 }
