@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin/vclq
 export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 
-.PHONY: all build run test test-deps lint bench fuzz clean
+.PHONY: all build run test test-deps tidy-check lint bench fuzz clean
 
 all: build
 
@@ -24,7 +24,7 @@ run: build
 # without -race, with the machine to themselves; the code they exercise keeps its
 # -race unit tests.
 VCSIM_CONCURRENT := TestConcurrentLoadsRetrieveImageOnce|TestDevOnceRunsRequests|TestGuestIsDownWhenPowerOffReturns
-test: test-deps build
+test: tidy-check test-deps build
 	$(GO) test -race -count=1 -timeout 20m -skip '$(VCSIM_CONCURRENT)' $$($(GO) list ./... | grep -v '/e2e$$')
 	$(GO) test -count=1 -timeout 20m -run '$(VCSIM_CONCURRENT)' ./hypervisor ./cmd/vclq ./internal/devlab
 	$(GO) test -count=1 -timeout 20m ./e2e
@@ -32,7 +32,12 @@ test: test-deps build
 test-deps:
 	bash scripts/test-deps.sh
 
-lint:
+# go.mod and go.sum as `go mod tidy` leaves them (the first, quick step of `make test`,
+# which is what CI runs).
+tidy-check:
+	$(GO) mod tidy -diff
+
+lint: tidy-check
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 

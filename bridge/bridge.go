@@ -32,8 +32,9 @@ type Bridge struct {
 
 // Hook points.
 const (
-	pointClaimed   = "claimed"   // a row is claimed and in the outbox, not yet published
-	pointPublished = "published" // a message is published, still in the outbox
+	pointClaiming  = "claiming"  // a row is about to be claimed: NATS was connected when the poll began
+	pointPublished = "published" // a claim's message is published, its transaction not yet committed
+	pointClaimed   = "claimed"   // a claim (published, in the outbox as published) committed
 	pointApplied   = "applied"   // an event's transaction committed, not yet acked
 )
 

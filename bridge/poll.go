@@ -19,10 +19,10 @@ import (
 // PollStats counts what one poll did.
 type PollStats struct {
 	Due       int // rows read
-	Claimed   int // claimed and queued in the outbox
+	Claimed   int // claimed (committed after its message was published)
 	Failed    int // failed in the database: could not become a valid message
 	Lost      int // changed or taken by someone else (a vcld, another bridge) first
-	Published int // outbox messages acknowledged by JetStream
+	Published int // messages acknowledged by JetStream (claims and outbox leftovers)
 	Expired   int // inuse requests past their end, moved to timeout/inuse
 }
 
@@ -36,9 +36,11 @@ type candidate struct {
 	reservations                         int
 }
 
-// PollOnce publishes what is left in the outbox, checks in, claims every due row and
-// publishes it. Nothing is claimed, and the management node does not check in, while
-// the outbox cannot be published (NATS down).
+// PollOnce publishes what is left in the outbox, checks in, and claims and publishes
+// every due row (each claim commits only after its publish was acknowledged). Nothing
+// is claimed, and the management node does not check in, while NATS is down: the
+// connection check skips the poll, and a claim whose publish fails (NATS went during
+// the poll) is rolled back and ends the poll.
 func (b *Bridge) PollOnce(ctx context.Context) (PollStats, error) {
 	var st PollStats
 	n, err := b.FlushOutbox(ctx)
@@ -72,26 +74,14 @@ func (b *Bridge) PollOnce(ctx context.Context) (PollStats, error) {
 			return st, err
 		}
 		switch {
-		case claimed:
+		case claimed: // and published: a claim commits after its publish
 			st.Claimed++
-			if st.Claimed%50 == 0 {
-				// Workers need not wait for the whole poll.
-				n, err := b.FlushOutbox(ctx)
-				st.Published += n
-				if err != nil {
-					return st, err
-				}
-			}
+			st.Published++
 		case failed:
 			st.Failed++
 		default:
 			st.Lost++
 		}
-	}
-	n, err = b.FlushOutbox(ctx)
-	st.Published += n
-	if err != nil {
-		return st, err
 	}
 	// Published ids are kept a day: far longer than JetStream's duplicate window.
 	if _, err := b.db.ExecContext(ctx, "DELETE FROM vclq_outbox WHERE published < NOW() - INTERVAL 1 DAY LIMIT 1000"); err != nil {
@@ -179,6 +169,9 @@ func (b *Bridge) process(ctx context.Context, c candidate) (claimed, failed bool
 	if err != nil {
 		return false, false, err
 	}
+	if err := b.at(pointClaiming); err != nil {
+		return false, false, err
+	}
 	ok, err := b.claim(ctx, c, req)
 	if err != nil {
 		return false, false, err
@@ -200,7 +193,14 @@ func (b *Bridge) process(ctx context.Context, c candidate) (claimed, failed bool
 const casWhere = ` WHERE id = ? AND stateid = ? AND laststateid = ? AND datemodified <=> ?`
 
 // claim moves the request X/<last> → pending/X and, in the same transaction, writes
-// the begin loadlog row and the message to the outbox.
+// the begin loadlog row, publishes the message and records it in the outbox as
+// published. The transaction commits only after JetStream acknowledged the message:
+// a row is never pending while its message is not queued, so nothing is claimed while
+// NATS is down, however late in the poll the connection went. A publish that fails
+// rolls the claim back and fails the poll. A crash (or failed commit) after the
+// publish leaves the row unclaimed with its message queued: the next poll claims it
+// again with the same id (nothing that id's claim wrote was committed), and JetStream
+// drops the duplicate.
 func (b *Bridge) claim(ctx context.Context, c candidate, req *messages.Request) (bool, error) {
 	payload, err := json.Marshal(req)
 	if err != nil {
@@ -223,26 +223,42 @@ func (b *Bridge) claim(ctx context.Context, c candidate, req *messages.Request) 
 		"vclq bridge: queued on "+req.Kind.Subject()); err != nil {
 		return false, err
 	}
-	// Request.MsgID() is kind, reservation and request.datemodified, and vcld's state
-	// changes leave datemodified alone: a reservation reinstalled twice would reuse the
-	// id of its first claim, and JetStream would drop the second message as a
-	// duplicate. An id an earlier claim used gets a suffix.
-	id := req.MsgID()
-	var used int
-	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM vclq_outbox WHERE msg_id = ? OR msg_id LIKE CONCAT(?, '-c%')", id, id).Scan(&used); err != nil {
-		return false, fmt.Errorf("reservation %d: outbox: %w", c.reservationID, err)
+	id, err := b.claimMsgID(ctx, tx, c, req)
+	if err != nil {
+		return false, err
 	}
-	if used > 0 {
-		id = fmt.Sprintf("%s-c%d", id, used+1)
+	e := outboxEntry{id: id, subject: req.Kind.Subject(), payload: payload, request: c.requestID, reservation: c.reservationID}
+	if err := b.publish(ctx, e); err != nil {
+		return false, err
 	}
-	if _, err := tx.ExecContext(ctx, "INSERT INTO vclq_outbox (msg_id, subject, payload, request_id, reservation_id, created) VALUES (?, ?, ?, ?, ?, NOW())",
-		id, req.Kind.Subject(), payload, c.requestID, c.reservationID); err != nil {
+	if err := b.at(pointPublished); err != nil {
+		return false, err
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO vclq_outbox (msg_id, subject, payload, request_id, reservation_id, created, published) VALUES (?, ?, ?, ?, ?, NOW(), NOW())",
+		id, e.subject, payload, c.requestID, c.reservationID); err != nil {
 		return false, fmt.Errorf("reservation %d: outbox: %w", c.reservationID, err)
 	}
 	if err := tx.Commit(); err != nil {
 		return false, fmt.Errorf("reservation %d: claim: %w", c.reservationID, err)
 	}
 	return true, nil
+}
+
+// claimMsgID is the message id of a claim. Request.MsgID() is kind, reservation and
+// request.datemodified, and vcld's state changes leave datemodified alone: a
+// reservation reinstalled twice would reuse the id of its first claim, and JetStream
+// would drop the second message as a duplicate. An id an earlier claim used gets a
+// suffix.
+func (b *Bridge) claimMsgID(ctx context.Context, tx *sql.Tx, c candidate, req *messages.Request) (string, error) {
+	id := req.MsgID()
+	var used int
+	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM vclq_outbox WHERE msg_id = ? OR msg_id LIKE CONCAT(?, '-c%')", id, id).Scan(&used); err != nil {
+		return "", fmt.Errorf("reservation %d: outbox: %w", c.reservationID, err)
+	}
+	if used > 0 {
+		id = fmt.Sprintf("%s-c%d", id, used+1)
+	}
+	return id, nil
 }
 
 // failRow moves the request X/<last> → failed/X with the reason in a failed loadlog
@@ -309,22 +325,42 @@ func latin1(s string, max int) string {
 	return string(r)
 }
 
+// outboxEntry is one message of the outbox.
+type outboxEntry struct {
+	seq                  int64
+	id, subject          string
+	payload              []byte
+	request, reservation int64
+}
+
+// publish publishes e with its message id and waits for JetStream's acknowledgement.
+func (b *Bridge) publish(ctx context.Context, e outboxEntry) error {
+	kind, _ := messages.KindFromSubject(e.subject)
+	m := &nats.Msg{Subject: e.subject, Data: e.payload, Header: nats.Header{}}
+	m.Header.Set(messages.HeaderReservation, strconv.FormatInt(e.reservation, 10))
+	m.Header.Set(messages.HeaderRequest, strconv.FormatInt(e.request, 10))
+	m.Header.Set(messages.HeaderKind, string(kind))
+	pctx, cancel := context.WithTimeout(ctx, b.cfg.PublishTimeout)
+	defer cancel()
+	if _, err := b.js.PublishMsg(pctx, m, jetstream.WithMsgID(e.id)); err != nil {
+		return fmt.Errorf("reservation %d: publish %s: %w", e.reservation, e.subject, err)
+	}
+	return nil
+}
+
 // FlushOutbox publishes every unpublished outbox message, oldest first, and marks each
-// published once JetStream acknowledged it. The Nats-Msg-Id makes a re-publish after a crash harmless.
+// published once JetStream acknowledged it. Claims publish their own message before
+// they commit; entries are left unpublished only by a bridge that committed a claim
+// and died before marking it (or by an older bridge). The Nats-Msg-Id makes a
+// re-publish harmless.
 func (b *Bridge) FlushOutbox(ctx context.Context) (int, error) {
 	rows, err := b.db.QueryContext(ctx, "SELECT seq, msg_id, subject, payload, request_id, reservation_id FROM vclq_outbox WHERE published IS NULL ORDER BY seq LIMIT 1000")
 	if err != nil {
 		return 0, fmt.Errorf("read outbox: %w", err)
 	}
-	type entry struct {
-		seq                  int64
-		id, subject          string
-		payload              []byte
-		request, reservation int64
-	}
-	var list []entry
+	var list []outboxEntry
 	for rows.Next() {
-		var e entry
+		var e outboxEntry
 		if err := rows.Scan(&e.seq, &e.id, &e.subject, &e.payload, &e.request, &e.reservation); err != nil {
 			rows.Close()
 			return 0, fmt.Errorf("read outbox: %w", err)
@@ -338,18 +374,7 @@ func (b *Bridge) FlushOutbox(ctx context.Context) (int, error) {
 	n := 0
 	var done []int64
 	for _, e := range list {
-		kind, _ := messages.KindFromSubject(e.subject)
-		m := &nats.Msg{Subject: e.subject, Data: e.payload, Header: nats.Header{}}
-		m.Header.Set(messages.HeaderReservation, strconv.FormatInt(e.reservation, 10))
-		m.Header.Set(messages.HeaderRequest, strconv.FormatInt(e.request, 10))
-		m.Header.Set(messages.HeaderKind, string(kind))
-		pctx, cancel := context.WithTimeout(ctx, b.cfg.PublishTimeout)
-		_, err := b.js.PublishMsg(pctx, m, jetstream.WithMsgID(e.id))
-		cancel()
-		if err != nil {
-			return n, fmt.Errorf("reservation %d: publish %s: %w", e.reservation, e.subject, err)
-		}
-		if err := b.at(pointPublished); err != nil {
+		if err := b.publish(ctx, e); err != nil {
 			return n, err
 		}
 		done = append(done, e.seq)

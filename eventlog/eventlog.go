@@ -46,6 +46,9 @@ type Filter struct {
 	// Last, when set, starts from the stream's last Last messages instead of the
 	// first (bounding a read over a long history).
 	Last uint64
+	// After, when set, starts after this stream sequence (resuming a read that
+	// stopped there); it takes precedence over Last.
+	After uint64
 }
 
 // Subject is the filter subject for f.
@@ -84,7 +87,10 @@ func Read(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Event) 
 		return fmt.Errorf("event stream %s: %w", messages.StreamEvents, err)
 	}
 	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}}
-	if f.Last > 0 {
+	switch {
+	case f.After > 0:
+		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, f.After+1
+	case f.Last > 0:
 		info, err := stream.Info(ctx)
 		if err != nil {
 			return fmt.Errorf("event stream %s: %w", messages.StreamEvents, err)

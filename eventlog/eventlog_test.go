@@ -107,3 +107,34 @@ func TestReadOneReservationThenFollow(t *testing.T) {
 		t.Fatalf("empty read: %v after %s", err, time.Since(start))
 	}
 }
+
+// After resumes a read after a stream sequence: nothing before or at it again.
+func TestReadAfterSequence(t *testing.T) {
+	j := testutil.StartVCLJetStream(t, streams.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	now := time.Now().UTC()
+	for step := 1; step <= 5; step++ {
+		b, _ := json.Marshal(messages.Loadlog{Schema: 1, ReservationID: 7, RequestID: 1, ComputerID: 2, Kind: messages.KindNew, Name: "statuscheck",
+			Phase: messages.PhaseBegin, Step: step, Time: now, Worker: "w1", RequestSeq: 3})
+		if _, err := j.JS.Publish(ctx, messages.LoadlogSubject(7), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		f    eventlog.Filter
+		want []uint64
+	}{
+		{eventlog.Filter{Reservation: 7, After: 3}, []uint64{4, 5}},
+		{eventlog.Filter{Reservation: 7, After: 3, Last: 5}, []uint64{4, 5}},
+		{eventlog.Filter{Reservation: 7, After: 5}, nil},
+	} {
+		var got []uint64
+		if err := eventlog.Read(ctx, j.JS, tc.f, func(ev eventlog.Event) error { got = append(got, ev.Seq); return nil }); err != nil {
+			t.Fatalf("%+v: %v", tc.f, err)
+		}
+		if len(got) != len(tc.want) || (len(got) > 0 && (got[0] != tc.want[0] || got[len(got)-1] != tc.want[len(tc.want)-1])) {
+			t.Errorf("%+v: read %v, want %v", tc.f, got, tc.want)
+		}
+	}
+}

@@ -1,7 +1,6 @@
 package messages
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -275,10 +274,11 @@ func (r *Request) Validate() error {
 	return v.err()
 }
 
-type validator struct{ errs []error }
+// validator collects a message's problems; err joins them into one invalidError.
+type validator struct{ problems []string }
 
 func (v *validator) addf(format string, args ...any) {
-	v.errs = append(v.errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...))
+	v.problems = append(v.problems, fmt.Sprintf(format, args...))
 }
 
 func (v *validator) check(field string, err error) {
@@ -329,4 +329,9 @@ func (v *validator) text(field, s string) {
 	}
 }
 
-func (v *validator) err() error { return errors.Join(v.errs...) }
+func (v *validator) err() error {
+	if len(v.problems) == 0 {
+		return nil
+	}
+	return &invalidError{problems: v.problems}
+}

@@ -164,8 +164,16 @@ func (v *View) step(n int, name string) *Step {
 	return s
 }
 
-// Remaining estimates the time left at now: the unfinished part of running steps plus
-// pending steps' estimates.
+// runningShare is the most of its estimate a running step is counted as done: a step
+// never shows finished before its end event, however far it overruns its estimate.
+const runningShare = 0.95
+
+// maxUnfinished caps the overall fraction until the result arrives.
+const maxUnfinished = 0.99
+
+// Remaining estimates the time left at now: the unfinished part of running steps (at
+// least 1-runningShare of their estimate: a running step is not done) plus pending
+// steps' estimates.
 func (v *View) Remaining(now time.Time) time.Duration {
 	if v.Result != nil {
 		return 0
@@ -176,58 +184,74 @@ func (v *View) Remaining(now time.Time) time.Duration {
 		case "pending":
 			left += s.Expected
 		case "running":
-			if el := now.Sub(s.started); el < s.Expected {
-				left += s.Expected - el
-			}
+			floor := time.Duration(float64(s.Expected) * (1 - runningShare))
+			left += max(s.Expected-now.Sub(s.started), floor)
 		}
 	}
 	return left
 }
 
-// Fraction is the share of the expected work done at now, 0..1.
+// Fraction is the share of the work done at now, 0..1, by time: the time the finished
+// and running steps took so far over that plus the estimated time remaining. A step
+// done quickly counts its real duration, not its estimate, so a pessimistic estimate
+// (VCL's 255 s transfervm) makes the bar honest rather than early. Below 1 until the
+// result.
 func (v *View) Fraction(now time.Time) float64 {
 	if v.Result != nil {
 		return 1
 	}
-	var done, total time.Duration
+	var done time.Duration
 	for _, s := range v.Steps {
-		if s.State == "skipped" {
-			continue
-		}
-		total += s.Expected
 		switch s.State {
 		case "done", "failed":
-			done += s.Expected
+			done += s.Elapsed
 		case "running":
-			done += min(now.Sub(s.started), s.Expected)
+			done += max(0, now.Sub(s.started))
 		}
 	}
-	if total == 0 {
+	total := done + v.Remaining(now)
+	if total <= 0 {
 		return 0
 	}
-	return float64(done) / float64(total)
+	return min(maxUnfinished, float64(done)/float64(total))
 }
 
-// Render draws the view as text lines, bars width characters wide.
+// estimated reports whether the time remaining rests on an estimate that was not
+// learned (VCL's est values or the default) for a pending or running step.
+func (v *View) estimated() bool {
+	for _, s := range v.Steps {
+		if (s.State == "pending" || s.State == "running") && !s.Learned {
+			return true
+		}
+	}
+	return false
+}
+
+// eta is the header's estimate of the time left: "~1m8s est" while it rests on VCL's
+// (not learned) estimates.
+func (v *View) eta(now time.Time) string {
+	if v.Result != nil {
+		return "done"
+	}
+	left := v.Remaining(now).Round(time.Second)
+	if v.estimated() {
+		return "~" + left.String() + " est"
+	}
+	return left.String()
+}
+
+// Render draws the view as text lines, bars width characters wide. Before the first
+// event it says that it waits for them.
 func (v *View) Render(now time.Time, width int) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "reservation %d  %s  %s %3.0f%%  ETA %s\n", v.Reservation, v.Kind, bar(v.Fraction(now), width), 100*v.Fraction(now), v.Remaining(now).Round(time.Second))
+	if len(v.Steps) == 0 && v.Result == nil {
+		fmt.Fprintf(&b, "waiting for events of reservation %d\n", v.Reservation)
+		return b.String()
+	}
+	f := v.Fraction(now)
+	fmt.Fprintf(&b, "reservation %d  %s  %s %3.0f%%  ETA %s\n", v.Reservation, v.Kind, bar(f, width), 100*f, v.eta(now))
 	for _, s := range v.Steps {
-		f := 0.0
-		el := s.Elapsed
-		switch s.State {
-		case "done", "failed":
-			f = 1
-		case "running":
-			el = now.Sub(s.started)
-			f = min(1, float64(el)/float64(s.Expected))
-		}
-		src := "est"
-		if s.Learned {
-			src = "learned"
-		}
-		mark := map[string]string{"pending": " ", "running": ">", "done": "✓", "failed": "✗", "skipped": "-"}[s.State]
-		fmt.Fprintf(&b, " %s %-18s %s %6.1fs / %5.1fs %-7s %s\n", mark, s.Name, bar(f, width/2), el.Seconds(), s.Expected.Seconds(), src, s.Info)
+		v.renderStep(&b, s, now, width/2)
 	}
 	if r := v.Result; r != nil {
 		fmt.Fprintf(&b, "RESULT %s: request %s, computer %s", r.Outcome, r.RequestState, r.ComputerState)
@@ -239,11 +263,42 @@ func (v *View) Render(now time.Time, width int) string {
 	return b.String()
 }
 
+// renderStep draws one row: mark, name, bar, time taken (or so far) and the estimate,
+// "~68s est" (VCL's) or "~2.1s learned".
+func (v *View) renderStep(b *strings.Builder, s *Step, now time.Time, width int) {
+	f := 0.0
+	el := s.Elapsed
+	switch s.State {
+	case "done", "failed":
+		f = 1
+	case "running":
+		el = max(0, now.Sub(s.started))
+		if s.Expected > 0 {
+			f = min(runningShare, float64(el)/float64(s.Expected))
+		}
+	}
+	src := "est"
+	if s.Learned {
+		src = "learned"
+	}
+	taken := fmt.Sprintf("%6.1fs", el.Seconds())
+	if s.State == "pending" || s.State == "skipped" {
+		taken = fmt.Sprintf("%7s", "-")
+	}
+	expected := fmt.Sprintf("~%s %s", s.Expected.Round(100*time.Millisecond), src)
+	mark := map[string]string{"pending": " ", "running": ">", "done": "✓", "failed": "✗", "skipped": "-"}[s.State]
+	line := fmt.Sprintf(" %s %-18s %s %s / %-13s %s", mark, s.Name, bar(f, width), taken, expected, s.Info)
+	b.WriteString(strings.TrimRight(line, " ") + "\n")
+}
+
 func bar(f float64, width int) string {
 	if width < 4 {
 		width = 4
 	}
 	n := int(f*float64(width) + 0.5)
+	if f < 1 {
+		n = min(n, width-1) // full only when done
+	}
 	n = max(0, min(width, n))
 	return "[" + strings.Repeat("#", n) + strings.Repeat(".", width-n) + "]"
 }

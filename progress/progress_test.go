@@ -75,3 +75,65 @@ func TestViewInsertsUnplannedStepsAndTracksRunning(t *testing.T) {
 		t.Fatalf("view not reset for the next request: %s %d", v.Kind, len(v.Steps))
 	}
 }
+
+// Steps that ran quickly against VCL's estimates, then 0.3 s into machinebooted (VCL:
+// 68 s): the view neither claims most of the work done nor hides that the time left
+// is VCL's estimate; a step overrunning its estimate is not shown finished.
+func TestProgressIsHonestAboutEstimates(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	names := []string{messages.LoadStatusCheck, messages.LoadImageBlade, messages.LoadDoesImageExist, messages.LoadStartLoad,
+		messages.LoadTransferVM, messages.LoadVMSetupConfig, messages.LoadStartVM}
+	booting := func() (*View, time.Time) {
+		v := NewView(7, NewEstimates())
+		at := t0
+		for i, n := range names {
+			v.Apply(ll(i+1, n, messages.PhaseBegin, at, 0), nil)
+			at = at.Add(100 * time.Millisecond)
+			v.Apply(ll(i+1, n, messages.PhaseEnd, at, 100*time.Millisecond), nil)
+		}
+		v.Apply(ll(len(names)+1, messages.LoadMachineBooted, messages.PhaseBegin, at, 0), nil)
+		return v, at
+	}
+	cases := []struct {
+		name      string
+		after     time.Duration
+		maxFrac   float64
+		wantInOut []string
+	}{
+		{"0.3s into boot", 300 * time.Millisecond, 0.10, []string{"> machinebooted", "~1m8s est", "ETA ~"}},
+		{"boot overran its estimate", 90 * time.Second, maxUnfinished, []string{"> machinebooted"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			v, at := booting()
+			now := at.Add(c.after)
+			f := v.Fraction(now)
+			out := v.Render(now, 20)
+			t.Logf("fraction %.3f, remaining %s\n%s", f, v.Remaining(now), out)
+			if f > c.maxFrac || f >= 1 {
+				t.Errorf("fraction %.3f, want at most %.2f and below 1 while running", f, c.maxFrac)
+			}
+			for _, w := range c.wantInOut {
+				if !strings.Contains(out, w) {
+					t.Errorf("render lacks %q", w)
+				}
+			}
+			if v.Remaining(now) <= 0 {
+				t.Errorf("remaining %s while a step runs", v.Remaining(now))
+			}
+			for _, line := range strings.Split(out, "\n") {
+				if strings.Contains(line, "> machinebooted") && strings.Contains(line, "[##########]") {
+					t.Errorf("running step drawn full: %s", line)
+				}
+			}
+		})
+	}
+}
+
+// Before the first event the view says it waits, not "0% ETA 0s".
+func TestRenderBeforeTheFirstEvent(t *testing.T) {
+	out := NewView(7001, NewEstimates()).Render(time.Now(), 20)
+	if !strings.Contains(out, "waiting for events of reservation 7001") || strings.Contains(out, "ETA") {
+		t.Fatalf("render before any event: %q", out)
+	}
+}

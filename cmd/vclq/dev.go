@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -35,6 +36,9 @@ type devEnv struct {
 	lab    *devlab.Lab
 	pool   *worker.Pool
 	e      *env
+	// info receives the human lines (URLs, slots, demo progress): stdout, or stderr
+	// with --json, whose stdout carries JSON objects only.
+	info io.Writer
 }
 
 type devOptions struct {
@@ -71,7 +75,7 @@ func runDev(ctx context.Context, e *env, args []string) int {
 	fs.IntVar(&o.concurrency, "concurrency", 8, "job slots of the embedded worker")
 	fs.BoolVar(&o.once, "once", false, "run the demo (or --requests new reservations) and exit: non-zero if any reservation failed")
 	fs.IntVar(&o.requests, "requests", 0, "with --once: run this many new reservations instead of the demo")
-	fs.BoolVar(&o.json, "json", false, "with --once: print a JSON summary instead of live progress")
+	fs.BoolVar(&o.json, "json", false, "with --once: print a JSON summary on stdout (one object per line) instead of live progress; the URLs and other human lines go to stderr")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "with --once: how long the whole run may take")
 	if code, ok := parse(fs, args); !ok {
 		return code
@@ -83,7 +87,10 @@ func runDev(ctx context.Context, e *env, args []string) int {
 	if os.Getenv("VCLQ_LOG_LEVEL") == "" { // the demo's own lines are the show
 		e.log = e.log.Level(zerolog.WarnLevel)
 	}
-	d := &devEnv{opts: o, e: e}
+	d := &devEnv{opts: o, e: e, info: e.stdout}
+	if o.json {
+		d.info = e.stderr
+	}
 	if d.opts.dir == "" {
 		dir, err := os.MkdirTemp("", "vclq-dev-")
 		if err != nil {
@@ -121,7 +128,7 @@ func runDev(ctx context.Context, e *env, args []string) int {
 	if _, err := runDevDemo(runCtx, d); err != nil && ctx.Err() == nil {
 		e.log.Error().Err(err).Msg("dev: demo")
 	}
-	fmt.Fprintf(e.stdout, "\nvclq dev keeps running (Ctrl-C stops it). Try:\n  NATS_URL=%s vclq status\n  NATS_URL=%s vclq events --follow\n  nats --server %s sub --stream VCL_EVENTS --all 'vcl.events.>'\n", d.server.URL(), d.server.URL(), d.server.URL())
+	fmt.Fprintf(d.info, "\nvclq dev keeps running (Ctrl-C stops it). Try:\n  NATS_URL=%s vclq status\n  NATS_URL=%s vclq events --follow\n  nats --server %s sub --stream VCL_EVENTS --all 'vcl.events.>'\n", d.server.URL(), d.server.URL(), d.server.URL())
 	<-ctx.Done()
 	return exitOK
 }
@@ -148,7 +155,7 @@ func startDevNATS(_ context.Context, d *devEnv, _ *sync.WaitGroup) error {
 	if err := streams.Ensure(ctx, d.js, streams.Options{AckWait: 30 * time.Second}); err != nil {
 		return err
 	}
-	fmt.Fprintf(d.e.stdout, "NATS_URL=%s\n", d.server.URL())
+	fmt.Fprintf(d.info, "NATS_URL=%s\n", d.server.URL())
 	return nil
 }
 
@@ -160,17 +167,17 @@ func startDevSite(ctx context.Context, d *devEnv, _ *sync.WaitGroup) error {
 	if err != nil {
 		return err
 	}
-	if err := d.lab.ESX.WriteEnv(d.e.stdout); err != nil {
+	if err := d.lab.ESX.WriteEnv(d.info); err != nil {
 		return err
 	}
 	if d.lab.Guests != nil {
-		fmt.Fprintf(d.e.stdout, "GUESTS=namespace: %d real Linux guests (sshd, iptables, useradd) on %s, management node %s\n",
+		fmt.Fprintf(d.info, "GUESTS=namespace: %d real Linux guests (sshd, iptables, useradd) on %s, management node %s\n",
 			len(d.lab.Slots), d.lab.Guests.Subnet(), d.lab.ManagementIP)
 	} else {
-		fmt.Fprintf(d.e.stdout, "GUESTS=simulated (%s): guests answer while their VM is on; no sshd, firewall or user accounts are exercised\n", d.lab.GuestsWhy)
+		fmt.Fprintf(d.info, "GUESTS=simulated (%s): guests answer while their VM is on; no sshd, firewall or user accounts are exercised\n", d.lab.GuestsWhy)
 	}
 	for _, s := range d.lab.Slots {
-		fmt.Fprintf(d.e.stdout, "  slot %s (computer %d) on %s, private IP %s\n", s.Computer.ShortName, s.Computer.ID, s.Host.Name, s.Computer.PrivateIP)
+		fmt.Fprintf(d.info, "  slot %s (computer %d) on %s, private IP %s\n", s.Computer.ShortName, s.Computer.ID, s.Host.Name, s.Computer.PrivateIP)
 	}
 	return nil
 }
@@ -190,7 +197,7 @@ func startDevWorkers(ctx context.Context, d *devEnv, wg *sync.WaitGroup) error {
 		return err
 	}
 	d.pool, err = worker.New(d.js, d.nc, h, worker.Config{
-		ID: "dev-worker", Version: version, Concurrency: d.opts.concurrency, LeaseTTL: 10 * time.Second,
+		ID: "dev-worker", Version: buildVersion(), Concurrency: d.opts.concurrency, LeaseTTL: 10 * time.Second,
 		ShutdownGrace: 5 * time.Second, RetryDelay: time.Second,
 	}, d.e.log)
 	if err != nil {
@@ -212,7 +219,7 @@ func startDevWorkers(ctx context.Context, d *devEnv, wg *sync.WaitGroup) error {
 func (d *devEnv) runner(live bool) *demo.Runner {
 	r := &demo.Runner{JS: d.js, NC: d.nc, Lab: d.lab}
 	if live {
-		r.Out = d.e.stdout
+		r.Out = d.info
 	}
 	return r
 }
@@ -239,7 +246,7 @@ func runDevDemo(ctx context.Context, d *devEnv) (demo.Summary, error) {
 	if n < 1 {
 		n = 1
 	}
-	fmt.Fprintf(d.e.stdout, "\ndemo: %d reservations through new → reserved → reclaim, and an image capture\n", n)
+	fmt.Fprintf(d.info, "\ndemo: %d reservations through new → reserved → reclaim, and an image capture\n", n)
 	start := time.Now()
 	outcomes, err := demo.Parallel(n+1, func(i int) ([]demo.Outcome, error) {
 		if i == n && len(d.lab.Slots) > n {
@@ -251,7 +258,7 @@ func runDevDemo(ctx context.Context, d *devEnv) (demo.Summary, error) {
 		return r.Lifecycle(ctx, d.lab.Slots[i], d.lab.Images[i%len(d.lab.Images)], d.remoteIP(ctx, fmt.Sprintf("user%d", i)))
 	})
 	s := demo.Summarize(outcomes, time.Since(start))
-	fmt.Fprintf(d.e.stdout, "demo: %d requests, %d succeeded, %d failed in %.1fs\n", s.Requests, s.Succeeded, s.Failed, s.Seconds)
+	fmt.Fprintf(d.info, "demo: %d requests, %d succeeded, %d failed in %.1fs\n", s.Requests, s.Succeeded, s.Failed, s.Seconds)
 	return s, err
 }
 
@@ -260,6 +267,9 @@ func runDevDemo(ctx context.Context, d *devEnv) (demo.Summary, error) {
 func runDevOnce(ctx context.Context, d *devEnv) int {
 	if d.opts.requests <= 0 {
 		s, err := runDevDemo(ctx, d)
+		if d.opts.json {
+			printJSON(d.e.stdout, s)
+		}
 		if err != nil {
 			return fail(d.e, "dev: %v", err)
 		}
@@ -268,7 +278,7 @@ func runDevOnce(ctx context.Context, d *devEnv) int {
 		}
 		return exitOK
 	}
-	r := d.runner(!d.opts.json)
+	r := d.runner(!d.opts.json) // --json: no live progress, on either stream
 	if err := r.Start(ctx); err != nil {
 		return fail(d.e, "dev: %v", err)
 	}

@@ -17,14 +17,26 @@ func TestDevOnceRunsRequests(t *testing.T) {
 			if code != exitOK {
 				t.Fatalf("exit %d\n%s\n%s", code, out, errs)
 			}
-			if !strings.Contains(out, "NATS_URL=nats://127.0.0.1:") || !strings.Contains(out, "VCSIM_URL=https://") {
-				t.Errorf("dev did not print its URLs:\n%s", out)
+			// With --json, standard output carries JSON objects only, one per line
+			// (jq reads it); the human lines go to standard error.
+			if !strings.Contains(errs, "NATS_URL=nats://127.0.0.1:") || !strings.Contains(errs, "VCSIM_URL=https://") {
+				t.Errorf("dev did not print its URLs to stderr:\n%s", errs)
 			}
-			if guests == "none" && !strings.Contains(out, "GUESTS=simulated") {
-				t.Errorf("simulated guests not said plainly:\n%s", out)
+			if guests == "none" && !strings.Contains(errs, "GUESTS=simulated") {
+				t.Errorf("simulated guests not said plainly:\n%s", errs)
 			}
-			var s demo.Summary
 			lines := strings.Split(strings.TrimSpace(out), "\n")
+			decoded := 0
+			for i, line := range lines {
+				var obj map[string]any
+				if err := json.Unmarshal([]byte(line), &obj); err != nil {
+					t.Errorf("stdout line %d is not a JSON object: %v: %q", i+1, err, line)
+					continue
+				}
+				decoded++
+			}
+			t.Logf("%d of %d stdout lines decoded as JSON objects", decoded, len(lines))
+			var s demo.Summary
 			if err := json.Unmarshal([]byte(lines[len(lines)-1]), &s); err != nil {
 				t.Fatalf("summary: %v\n%s", err, out)
 			}

@@ -12,15 +12,21 @@ import (
 
 // vclq dlq list|show|replay: dead letters.
 func runDLQ(ctx context.Context, e *env, args []string) int {
+	const dlqArgs = "list|show SEQ|replay SEQ...|replay --all [flags]"
+	subs := []string{"list", "show", "replay"}
 	if len(args) == 0 {
-		fmt.Fprintln(e.stderr, "usage: vclq dlq list|show SEQ|replay SEQ...|replay --all [flags]")
+		groupUsage(e.stderr, "dlq", dlqArgs, subs)
 		return exitUsage
+	}
+	if isHelp(args[0]) {
+		groupUsage(e.stdout, "dlq", dlqArgs, subs)
+		return exitOK
 	}
 	sub, args := args[0], args[1:]
 	var nc natsconn.Config
 	var asJSON, all bool
 	var limit int
-	fs := flagSet(e, "dlq "+sub, "[flags] [SEQ...]")
+	fs := flagSet(e, "dlq "+sub, map[string]string{"list": "[flags]", "show": "SEQ [flags]", "replay": "SEQ...|--all [flags]"}[sub])
 	nc.RegisterFlags(fs)
 	fs.BoolVar(&asJSON, "json", false, "JSON output")
 	switch sub {

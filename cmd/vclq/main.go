@@ -52,9 +52,6 @@ func commands() map[string]command {
 	}
 }
 
-// version is set with -ldflags "-X main.version=...".
-var version = "dev"
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
@@ -94,7 +91,8 @@ func usage(w io.Writer, cmds map[string]command) {
 	fmt.Fprintln(w, "\nRun `vclq <command> -h` for its flags.")
 }
 
-// newLogger logs to w: JSON when VCLQ_LOG_FORMAT=json, a console format otherwise; the
+// newLogger logs to w: JSON when VCLQ_LOG_FORMAT=json, a console format otherwise
+// (coloured on a terminal); the
 // level comes from VCLQ_LOG_LEVEL (default info).
 func newLogger(w io.Writer) zerolog.Logger {
 	level, err := zerolog.ParseLevel(os.Getenv("VCLQ_LOG_LEVEL"))
@@ -103,12 +101,8 @@ func newLogger(w io.Writer) zerolog.Logger {
 	}
 	out := w
 	if os.Getenv("VCLQ_LOG_FORMAT") != "json" {
-		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+		_, tty := terminalWidth(w)
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !tty} // colours on a terminal only
 	}
 	return zerolog.New(out).Level(level).With().Timestamp().Logger()
-}
-
-func runVersion(_ context.Context, e *env, _ []string) int {
-	fmt.Fprintln(e.stdout, "vclq", version)
-	return exitOK
 }

@@ -11,9 +11,14 @@ import (
 
 // vclq nats init|export|check: JetStream assets as code.
 func runNats(ctx context.Context, e *env, args []string) int {
+	subs := []string{"init", "export", "check"}
 	if len(args) == 0 {
-		fmt.Fprintln(e.stderr, "usage: vclq nats init|export|check [flags]")
+		groupUsage(e.stderr, "nats", "init|export|check [flags]", subs)
 		return exitUsage
+	}
+	if isHelp(args[0]) {
+		groupUsage(e.stdout, "nats", "init|export|check [flags]", subs)
+		return exitOK
 	}
 	sub, args := args[0], args[1:]
 	var nc natsconn.Config

@@ -103,13 +103,21 @@ func loadWorkerConfig(args []string) (workerConfig, error) {
 			}
 		}
 	}
+	return c, nil
+}
+
+// simHandlerDefault is the handler of a worker configured without a flow section.
+const simHandlerDefault = "sim:work=100ms..300ms"
+
+// defaultHandler fills in the handler when neither the file, $VCLQ_HANDLER nor
+// --handler chose one: flow with a flow section, else a simulation.
+func (c *workerConfig) defaultHandler() {
 	if c.Handler == "" {
-		c.Handler = "sim:work=100ms..300ms"
+		c.Handler = simHandlerDefault
 		if c.Flow != nil {
 			c.Handler = "flow"
 		}
 	}
-	return c, nil
 }
 
 func envDuration(d *duration) func(string) error {
@@ -133,14 +141,14 @@ func (c *workerConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar((*time.Duration)(&c.BusySlotWait), "busy-slot-wait", time.Duration(c.BusySlotWait), "how long a job waits in place for a busy slot (default 10m)")
 	fs.DurationVar((*time.Duration)(&c.RetryDelay), "retry-delay", time.Duration(c.RetryDelay), "first retry delay, doubled per delivery (default 5s)")
 	fs.DurationVar((*time.Duration)(&c.HeartbeatInterval), "heartbeat", time.Duration(c.HeartbeatInterval), "registry heartbeat interval (default 5s)")
-	fs.StringVar(&c.Handler, "handler", c.Handler, "job handler: flow (needs the file's flow section) or sim:<spec> ($VCLQ_HANDLER)")
+	fs.StringVar(&c.Handler, "handler", c.Handler, "job handler: flow (VCL's flows on ESX; needs the file's flow section) or sim:<spec> (tests, demos) ($VCLQ_HANDLER; default: flow when the file has a flow section, else "+simHandlerDefault+")")
 	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "replicas of the streams ensured at start (default 1)")
 	fs.BoolVar(&c.NoEnsure, "no-ensure", c.NoEnsure, "do not create/update streams, consumers and buckets at start")
 }
 
 func (c workerConfig) pool() worker.Config {
 	return worker.Config{
-		ID: c.ID, Version: version, Concurrency: c.Concurrency, LeaseTTL: time.Duration(c.LeaseTTL),
+		ID: c.ID, Version: buildVersion(), Concurrency: c.Concurrency, LeaseTTL: time.Duration(c.LeaseTTL),
 		AckWait: time.Duration(c.AckWait), MaxDeliver: c.MaxDeliver, ShutdownGrace: time.Duration(c.ShutdownGrace),
 		StopTimeout: time.Duration(c.StopTimeout), BusySlotWait: time.Duration(c.BusySlotWait),
 		RetryDelay: time.Duration(c.RetryDelay), HeartbeatInterval: time.Duration(c.HeartbeatInterval),
@@ -167,12 +175,12 @@ func runWorker(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintln(e.stderr, "vclq worker:", err)
 		return exitUsage
 	}
-	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := flagSet(e, "worker", "[--config FILE] [flags]")
 	c.flags(fs)
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	if code, ok := parse(fs, args); !ok {
+		return code
 	}
+	c.defaultHandler()
 	if fs.NArg() > 0 {
 		fmt.Fprintf(e.stderr, "vclq worker: unexpected arguments %q\n", fs.Args())
 		return exitUsage
