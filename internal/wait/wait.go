@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 )
 
@@ -16,6 +17,7 @@ type Option func(*config)
 type config struct {
 	maxAttempts  int
 	initialDelay time.Duration
+	maxBackoff   time.Duration
 }
 
 // MaxAttempts bounds the number of calls to the condition; n <= 0 means no limit other
@@ -25,6 +27,14 @@ func MaxAttempts(n int) Option { return func(c *config) { c.maxAttempts = n } }
 // InitialDelay waits d before the first attempt (default 0). The delay counts against
 // the timeout.
 func InitialDelay(d time.Duration) Option { return func(c *config) { c.initialDelay = d } }
+
+// Backoff makes the pause between attempts grow: it starts at Until's interval and
+// doubles after every attempt up to max, and each pause is drawn at random from the
+// upper half of its range ([d/2, d]) so that callers racing for the same thing (say,
+// several servers creating one stream) spread out. A max not above the interval
+// keeps the pause at the interval (still jittered). Without Backoff, Until polls at
+// its fixed interval.
+func Backoff(max time.Duration) Option { return func(c *config) { c.maxBackoff = max } }
 
 // Until calls cond until it reports done, and blocks until then. It calls cond at once
 // (after the InitialDelay option, if any), then every `every`, for at most `timeout` in
@@ -59,6 +69,7 @@ func Until(ctx context.Context, timeout, every time.Duration, cond Cond, opts ..
 			return fail(0, nil)
 		}
 	}
+	pause := every
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for attempts := 1; ; attempts++ {
@@ -75,12 +86,28 @@ func Until(ctx context.Context, timeout, every time.Duration, cond Cond, opts ..
 		if cfg.maxAttempts > 0 && attempts >= cfg.maxAttempts {
 			return fail(attempts, last)
 		}
+		if cfg.maxBackoff > 0 {
+			if !sleep(wctx, jittered(pause)) {
+				return fail(attempts, last)
+			}
+			pause = min(2*pause, max(cfg.maxBackoff, every))
+			continue
+		}
 		select {
 		case <-wctx.Done():
 			return fail(attempts, last)
 		case <-t.C:
 		}
 	}
+}
+
+// jittered is a random duration in [d/2, d].
+func jittered(d time.Duration) time.Duration {
+	half := d / 2
+	if half <= 0 {
+		return d
+	}
+	return half + rand.N(d-half+1)
 }
 
 // Sleep blocks for d or until ctx ends; it returns context.Cause(ctx) if ctx ended

@@ -112,3 +112,36 @@ func TestSleep(t *testing.T) {
 		t.Fatalf("Sleep on cancelled ctx = %v", err)
 	}
 }
+
+// With Backoff the pauses grow from the interval up to the maximum, each within
+// [d/2, d]; the timeout and attempt limit still bound the wait.
+func TestUntilBackoff(t *testing.T) {
+	var stamps []time.Time
+	err := wait.Until(t.Context(), 10*time.Second, 20*time.Millisecond, func(context.Context) (bool, error) {
+		stamps = append(stamps, time.Now())
+		return false, errFlaky
+	}, wait.Backoff(80*time.Millisecond), wait.MaxAttempts(6))
+	if !errors.Is(err, wait.ErrTimeout) || !errors.Is(err, errFlaky) {
+		t.Fatalf("Until = %v, want ErrTimeout with the last error", err)
+	}
+	if len(stamps) != 6 {
+		t.Fatalf("condition called %d times, want 6", len(stamps))
+	}
+	// Nominal pauses 20, 40, 80, 80, 80 ms; each is drawn from [d/2, d].
+	nominal := []time.Duration{20, 40, 80, 80, 80}
+	for i, d := range nominal {
+		d *= time.Millisecond
+		got := stamps[i+1].Sub(stamps[i])
+		t.Logf("pause %d: %s (nominal %s)", i+1, got.Round(time.Millisecond), d)
+		if got < d/2 || got > d+50*time.Millisecond {
+			t.Errorf("pause %d = %s, want within [%s, %s] (+50ms scheduling slack)", i+1, got, d/2, d)
+		}
+	}
+	start := time.Now()
+	err = wait.Until(t.Context(), 100*time.Millisecond, 10*time.Millisecond, func(context.Context) (bool, error) {
+		return false, nil
+	}, wait.Backoff(time.Hour))
+	if !errors.Is(err, wait.ErrTimeout) || time.Since(start) > 2*time.Second {
+		t.Fatalf("backoff past the timeout: %v after %s", err, time.Since(start))
+	}
+}
