@@ -22,6 +22,9 @@ type Difference struct {
 }
 
 func (d Difference) String() string {
+	if d.Field == Missing {
+		return d.Asset + ": missing"
+	}
 	outcome := "left as is"
 	if d.Applied {
 		outcome = "updated"

@@ -55,6 +55,13 @@ func Apply(ctx context.Context, js jetstream.JetStream, o Options) ([]Difference
 	return ensure(ctx, js, Define(o), apply)
 }
 
+// Compare reads the assets and returns how they differ from the definitions, a
+// missing asset included (Field Missing); it creates and changes nothing
+// (`vclq nats check --server`).
+func Compare(ctx context.Context, js jetstream.JetStream, o Options) ([]Difference, error) {
+	return ensure(ctx, js, Define(o), compare)
+}
+
 // Ensure is Converge for callers that only need the assets to exist (tests,
 // benchmarks, tools on a fresh server): differences are not reported.
 func Ensure(ctx context.Context, js jetstream.JetStream, o Options) error {
@@ -67,7 +74,16 @@ type mode int
 const (
 	converge mode = iota
 	apply
+	compare
 )
+
+// Missing is the Field of a Difference that says the asset does not exist (Compare).
+const Missing = "existence"
+
+// missing is the difference Compare reports for an asset that does not exist.
+func missing(asset string) []Difference {
+	return []Difference{{Asset: asset, Field: Missing, Found: "missing", Expected: "present"}}
+}
 
 // ensurer ensures one set of definitions in one mode.
 type ensurer struct {
@@ -113,6 +129,10 @@ func (e *ensurer) stream(ctx context.Context, want jetstream.StreamConfig) ([]Di
 	err := retry(ctx, func(ctx context.Context) error {
 		diffs = nil
 		s, err := read(ctx, func(ctx context.Context) (jetstream.Stream, error) { return e.js.Stream(ctx, want.Name) })
+		if errors.Is(err, jetstream.ErrStreamNotFound) && e.mode == compare {
+			diffs = missing("stream " + want.Name)
+			return nil
+		}
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			// A concurrent creator with another config makes this fail with "stream
 			// name already in use": the next round reads and compares its stream.
@@ -156,6 +176,10 @@ func (e *ensurer) consumer(ctx context.Context, want Consumer) ([]Difference, er
 		c, err := read(ctx, func(ctx context.Context) (jetstream.Consumer, error) {
 			return e.js.Consumer(ctx, want.Stream, want.Config.Durable)
 		})
+		if (errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)) && e.mode == compare {
+			diffs = missing(asset)
+			return nil
+		}
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
 			// "consumer already exists" from a concurrent creator: compare next round.
 			if _, err := e.js.CreateConsumer(ctx, want.Stream, want.Config); err != nil {
@@ -193,6 +217,10 @@ func (e *ensurer) bucket(ctx context.Context, want jetstream.KeyValueConfig) ([]
 	err := retry(ctx, func(ctx context.Context) error {
 		diffs = nil
 		kv, err := read(ctx, func(ctx context.Context) (jetstream.KeyValue, error) { return e.js.KeyValue(ctx, want.Bucket) })
+		if errors.Is(err, jetstream.ErrBucketNotFound) && e.mode == compare {
+			diffs = missing("bucket " + want.Bucket)
+			return nil
+		}
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
 			_, err := e.js.CreateKeyValue(ctx, want)
 			if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
