@@ -1,9 +1,6 @@
 package streams
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -14,6 +11,8 @@ import (
 // Options size the definitions. The zero value is usable: every field has a default.
 type Options struct {
 	// Replicas of every stream and bucket. default: 1 (use 3 on a 3-node cluster).
+	// Converge uses it only for what it creates; only Apply (`vclq nats init`)
+	// changes the replicas of what exists. Consumers take their stream's.
 	Replicas int
 	// AckWait of the workers' consumer: how long a delivery may go without an ack or
 	// InProgress before it is redelivered. default: 60s.
@@ -150,7 +149,8 @@ func Define(o Options) Definitions {
 				DeliverPolicy: jetstream.DeliverAllPolicy,
 				ReplayPolicy:  jetstream.ReplayInstantPolicy,
 				MaxWaiting:    512,
-				Replicas:      o.Replicas,
+				// Replicas 0: the stream's. A work queue's consumer must have its
+				// stream's count, and no consumer may exceed it.
 			}},
 			{Stream: messages.StreamAdvisories, Config: jetstream.ConsumerConfig{
 				Durable:       messages.ConsumerDeadLetterSweeper,
@@ -161,7 +161,6 @@ func Define(o Options) Definitions {
 				MaxAckPending: 100,
 				DeliverPolicy: jetstream.DeliverAllPolicy,
 				ReplayPolicy:  jetstream.ReplayInstantPolicy,
-				Replicas:      o.Replicas,
 			}},
 		},
 		Buckets: []jetstream.KeyValueConfig{
@@ -212,29 +211,4 @@ func explicitLimits(s *jetstream.StreamConfig) {
 	if s.MaxConsumers == 0 {
 		s.MaxConsumers = -1
 	}
-}
-
-// Ensure creates or updates every stream, consumer and bucket. It is idempotent and
-// safe to run from several workers at once.
-func Ensure(ctx context.Context, js jetstream.JetStream, o Options) error {
-	d := Define(o)
-	for _, sc := range d.Streams {
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
-			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
-		}
-	}
-	for _, c := range d.Consumers {
-		if _, err := js.CreateOrUpdateConsumer(ctx, c.Stream, c.Config); err != nil {
-			return fmt.Errorf("ensure consumer %s on %s: %w", c.Config.Durable, c.Stream, err)
-		}
-	}
-	for _, b := range d.Buckets {
-		if _, err := js.CreateOrUpdateKeyValue(ctx, b); err != nil {
-			if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
-				return fmt.Errorf("ensure bucket %s: the NATS server is too old for per-key TTL leases (need >= 2.11): %w", b.Bucket, err)
-			}
-			return fmt.Errorf("ensure bucket %s: %w", b.Bucket, err)
-		}
-	}
-	return nil
 }

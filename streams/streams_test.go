@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,8 +69,12 @@ func TestEnsureIsIdempotentAndComplete(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for i := 0; i < 2; i++ {
-		if err := streams.Ensure(ctx, j.JS, streams.Options{}); err != nil {
-			t.Fatalf("ensure #%d: %v", i+1, err)
+		diffs, err := streams.Converge(ctx, j.JS, streams.Options{})
+		if err != nil {
+			t.Fatalf("converge #%d: %v", i+1, err)
+		}
+		if len(diffs) > 0 {
+			t.Fatalf("converge #%d found differences in what it made: %v", i+1, diffs)
 		}
 	}
 	d := streams.Define(streams.Options{})
@@ -93,14 +98,47 @@ func TestEnsureIsIdempotentAndComplete(t *testing.T) {
 	if _, err := j.JS.CreateConsumer(ctx, messages.StreamRequests, jetstream.ConsumerConfig{Durable: "other", AckPolicy: jetstream.AckExplicitPolicy}); err == nil {
 		t.Error("a second unfiltered consumer on the work queue was accepted")
 	}
-	// Options change the definitions on update.
-	if err := streams.Ensure(ctx, j.JS, streams.Options{AckWait: 2 * time.Minute, MaxDeliver: 7}); err != nil {
+	// Other options: Converge reports them and changes nothing, Apply updates.
+	changed := streams.Options{AckWait: 2 * time.Minute, MaxDeliver: 7}
+	diffs, err := streams.Converge(ctx, j.JS, changed)
+	if err != nil {
 		t.Fatal(err)
+	}
+	want := []string{
+		"consumer VCL_REQUESTS > vclq-workers: ack_wait is 1m0s, expected 2m0s (left as is)",
+		"consumer VCL_REQUESTS > vclq-workers: max_deliver is 5, expected 7 (left as is)",
+	}
+	if got := diffStrings(diffs); !reflect.DeepEqual(got, want) {
+		t.Errorf("converge reported\n%v\nwant\n%v", got, want)
+	}
+	c, _ = j.JS.Consumer(ctx, messages.StreamRequests, messages.ConsumerWorkers)
+	if cc := c.CachedInfo().Config; cc.MaxDeliver != 5 || cc.AckWait != time.Minute {
+		t.Errorf("converge changed the consumer: %+v", cc)
+	}
+	if diffs, err = streams.Apply(ctx, j.JS, changed); err != nil || len(diffs) != 2 || !diffs[0].Applied {
+		t.Fatalf("apply = %v, %v", diffs, err)
 	}
 	c, _ = j.JS.Consumer(ctx, messages.StreamRequests, messages.ConsumerWorkers)
 	if cc := c.CachedInfo().Config; cc.MaxDeliver != 7 || cc.AckWait != 2*time.Minute {
 		t.Errorf("updated consumer = %+v", cc)
 	}
+	if diffs, err = streams.Converge(ctx, j.JS, changed); err != nil || len(diffs) != 0 {
+		t.Errorf("converge after apply = %v, %v; want no differences", diffs, err)
+	}
+	// A single server refuses R3: apply fails and names the stream, at once.
+	start := time.Now()
+	_, err = streams.Apply(ctx, j.JS, streams.Options{Replicas: 3})
+	if err == nil || !strings.Contains(err.Error(), "ensure stream VCL_REQUESTS") || time.Since(start) > 5*time.Second {
+		t.Errorf("apply R3 on one server = %v after %s; want a prompt error naming the stream", err, time.Since(start))
+	}
+}
+
+func diffStrings(diffs []streams.Difference) []string {
+	var s []string
+	for _, d := range diffs {
+		s = append(s, d.String())
+	}
+	return s
 }
 
 // Slot leases rely on per-key TTL: a key created with a TTL disappears on its own.
@@ -171,10 +209,16 @@ func TestNatsCLICreatesTheSameStreams(t *testing.T) {
 	if st.(*jetstream.KeyValueBucketStatus).LimitMarkerTTL() == 0 {
 		t.Error("slot bucket created by the nats CLI has no limit markers: per-key TTL leases would not work")
 	}
-	// And Ensure accepts what the CLI made (no conflicting update).
-	if err := streams.Ensure(ctx, j.JS, streams.Options{}); err != nil {
-		t.Fatalf("ensure after nats CLI: %v", err)
+	// And Converge finds what the CLI made as defined.
+	diffs, err := streams.Converge(ctx, j.JS, streams.Options{})
+	if err != nil {
+		t.Fatalf("converge after nats CLI: %v", err)
 	}
+	if len(diffs) > 0 {
+		t.Errorf("converge after nats CLI reports differences: %v", diffStrings(diffs))
+	}
+	t.Logf("init.sh created %d streams, %d consumers, %d buckets; converge found %d differences",
+		len(d.Streams), len(d.Consumers), len(d.Buckets), len(diffs))
 }
 
 func natsCLI(t *testing.T) string {

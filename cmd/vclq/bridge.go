@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	_ "github.com/go-sql-driver/mysql" // database/sql driver "mysql"
+	"github.com/go-sql-driver/mysql" // also the database/sql driver "mysql"
+	"github.com/rs/zerolog"
 
 	"github.com/vclq/vclq/bridge"
 	"github.com/vclq/vclq/internal/natsconn"
@@ -29,6 +31,7 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 		keygen   string
 		noEnsure bool
 		replicas int
+		startup  time.Duration
 	)
 	fs := flagSet(e, "bridge", "--mysql DSN --management-node ID[,ID] [--seal-key FILE] [flags]")
 	nc.RegisterFlags(fs)
@@ -40,8 +43,9 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 	fs.DurationVar(&cfg.EventAckWait, "event-ack-wait", 30*time.Second, "AckWait of the bridge's event consumer")
 	fs.StringVar(&sealKey, "seal-key", sealKey, "file with the bridge's private seal key (base64): opens users' passwords for reservation.pw ($VCLQ_SEAL_KEY)")
 	fs.StringVar(&keygen, "seal-keygen", "", "write a new private seal key to this file (mode 0600) and its public key to FILE.pub (the workers' flow.seal_public_key_file), print the public key, and exit")
-	fs.BoolVar(&noEnsure, "no-ensure", false, "do not create/update streams and consumers at start")
-	fs.IntVar(&replicas, "replicas", 0, "replicas of the streams ensured at start (default 1)")
+	fs.BoolVar(&noEnsure, "no-ensure", false, "do not create missing streams, consumers and buckets at start")
+	fs.IntVar(&replicas, "replicas", 0, "replicas of streams and buckets created at start if missing (default 1; existing ones are left as they are: vclq nats init changes them)")
+	fs.DurationVar(&startup, "startup-timeout", 2*time.Minute, "how long start-up waits for the database and for NATS before it exits (the service manager restarts it)")
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
@@ -89,21 +93,38 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 	db.SetMaxOpenConns(8)
 	db.SetConnMaxLifetime(5 * time.Minute)
 
+	if startup <= 0 {
+		fmt.Fprintln(e.stderr, "vclq bridge: --startup-timeout must be positive")
+		return exitUsage
+	}
 	if nc.Name == "" {
 		nc.Name = "vclq-bridge"
 	}
 	log := e.log.With().Str("component", "bridge").Logger()
+	// The database login first: a bridge that cannot work must not touch NATS.
+	if err := waitForDatabase(ctx, db, startup, log.With().Str("mysql", bridge.RedactDSN(dsn)).Logger()); err != nil {
+		if ctx.Err() != nil {
+			return exitOK
+		}
+		fmt.Fprintln(e.stderr, "vclq bridge:", err)
+		if errors.Is(err, errDatabaseLogin) {
+			return exitUsage
+		}
+		return exitFailure
+	}
 	var b *bridge.Bridge
-	// Start-up waits out a database or NATS that is not there yet, like the bridge's
-	// loops do later; only a configuration error stops it.
-	err = wait.Until(ctx, 365*24*time.Hour, 2*time.Second, func(wctx context.Context) (bool, error) {
+	// Then NATS: converge (create what is missing, change nothing), then the bridge's
+	// own checks of the database (schema, management nodes). A NATS or database that
+	// is not there yet is waited out within --startup-timeout; a configuration error
+	// stops it at once.
+	err = wait.Until(ctx, startup, 2*time.Second, func(wctx context.Context) (bool, error) {
 		conn, js, err := natsconn.Connect(nc, log)
 		if err != nil {
 			log.Warn().Err(err).Msg("bridge: NATS not reachable yet")
 			return false, err
 		}
 		if !noEnsure {
-			if err := streams.Ensure(wctx, js, streams.Options{Replicas: replicas}); err != nil {
+			if err := convergeStreams(wctx, js, streams.Options{Replicas: replicas}, log); err != nil {
 				conn.Close()
 				log.Warn().Err(err).Msg("bridge: ensure streams")
 				return false, err
@@ -125,9 +146,13 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 	if ctx.Err() != nil {
 		return exitOK
 	}
-	if err != nil {
+	if errors.Is(err, bridge.ErrConfig) || errors.Is(err, bridge.ErrSchema) {
 		fmt.Fprintln(e.stderr, "vclq bridge:", err)
 		return exitUsage
+	}
+	if err != nil {
+		fmt.Fprintln(e.stderr, "vclq bridge:", err)
+		return exitFailure
 	}
 	log.Info().Str("mysql", bridge.RedactDSN(dsn)).Ints64("management_nodes", cfg.ManagementNodes).
 		Dur("interval", cfg.Interval).Bool("seal_key", cfg.SealKey != nil).Msg("bridge started")
@@ -159,4 +184,52 @@ func sealKeygen(e *env, path string) int {
 	}
 	fmt.Fprintln(e.stdout, k.PublicKeyBase64())
 	return exitOK
+}
+
+// errDatabaseLogin is wrapped when the database refuses the bridge's login or
+// database: a configuration error, not something to wait out.
+var errDatabaseLogin = errors.New("database login refused")
+
+// Server errors that refuse a login or its database.
+var loginRefused = []uint16{
+	1044, // ER_DBACCESS_DENIED_ERROR
+	1045, // ER_ACCESS_DENIED_ERROR
+	1049, // ER_BAD_DB_ERROR
+	1698, // ER_ACCESS_DENIED_NO_PASSWORD_ERROR
+}
+
+// waitForDatabase logs in to the database and runs a query, waiting out a database
+// that is not reachable yet for at most timeout; a refused login fails at once
+// (errDatabaseLogin).
+func waitForDatabase(ctx context.Context, db *sql.DB, timeout time.Duration, log zerolog.Logger) error {
+	err := wait.Until(ctx, timeout, 2*time.Second, func(ctx context.Context) (bool, error) {
+		err := pingDatabase(ctx, db)
+		var me *mysql.MySQLError
+		if errors.As(err, &me) && slices.Contains(loginRefused, me.Number) {
+			return false, wait.Permanent(fmt.Errorf("%w: %w", errDatabaseLogin, err))
+		}
+		if err != nil {
+			log.Warn().Err(err).Msg("bridge: database not reachable yet")
+			return false, err
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	return nil
+}
+
+// pingDatabase opens a connection and runs a query on it, each bounded.
+func pingDatabase(ctx context.Context, db *sql.DB) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(ctx); err != nil {
+		return err
+	}
+	var one int
+	if err := db.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+		return fmt.Errorf("query: %w", err)
+	}
+	return nil
 }

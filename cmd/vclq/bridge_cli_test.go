@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -67,4 +68,80 @@ func TestBridgeCLIRefusesANonVCLDatabase(t *testing.T) {
 	if code != exitUsage || !strings.Contains(stderr.String(), "schema") {
 		t.Errorf("exit %d, stderr %q; want %d and a schema error", code, stderr.String(), exitUsage)
 	}
+}
+
+// TestBridgeChecksTheDatabaseBeforeNATS (issue 9 item 6): a bridge whose database
+// login fails exits non-zero and has not touched NATS: no stream was created.
+func TestBridgeChecksTheDatabaseBeforeNATS(t *testing.T) {
+	unreachable := freeLoopbackAddr(t)
+	mariaDB := bt.Reachable(context.Background()) == nil
+	tests := []struct {
+		name      string
+		dsn       string
+		needsDB   bool
+		want      int
+		maxTime   time.Duration
+		wantInErr string
+	}{
+		{name: "wrong password", dsn: "root:wrong-password@tcp(" + bt.Addr() + ")/vcl", needsDB: true, want: exitUsage, maxTime: 10 * time.Second, wantInErr: "login refused"},
+		{name: "unknown database", dsn: "root@tcp(" + bt.Addr() + ")/vclq_no_such_database", needsDB: true, want: exitUsage, maxTime: 10 * time.Second, wantInErr: "login refused"},
+		{name: "unreachable port", dsn: "root@tcp(" + unreachable + ")/vcl", want: exitFailure, maxTime: 15 * time.Second, wantInErr: "database"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.needsDB && !mariaDB {
+				if os.Getenv("CI") != "" {
+					t.Fatalf("MariaDB at %s unreachable under CI", bt.Addr())
+				}
+				t.Skipf("MariaDB at %s unreachable", bt.Addr())
+			}
+			j := testutil.StartJetStream(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var stderr bytes.Buffer
+			start := time.Now()
+			code := run(ctx, []string{"bridge", "--nats", j.URL, "--mysql", tc.dsn, "--management-node", "1", "--startup-timeout", "3s"},
+				strings.NewReader(""), &bytes.Buffer{}, &stderr)
+			elapsed := time.Since(start)
+			names := streamNames(t, j)
+			t.Logf("exit %d after %s, %d streams on the server; stderr: %s", code, elapsed.Round(time.Millisecond), len(names), strings.TrimSpace(stderr.String()))
+			if code != tc.want || !strings.Contains(stderr.String(), tc.wantInErr) {
+				t.Errorf("exit %d, stderr %q; want %d and %q", code, stderr.String(), tc.want, tc.wantInErr)
+			}
+			if elapsed > tc.maxTime {
+				t.Errorf("took %s, want at most %s", elapsed, tc.maxTime)
+			}
+			if len(names) != 0 {
+				t.Errorf("the bridge created streams %v before its database login worked", names)
+			}
+		})
+	}
+}
+
+// freeLoopbackAddr is a loopback address nothing listens on.
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// streamNames lists the server's streams, with a context of its own.
+func streamNames(t *testing.T, j *testutil.JetStream) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lister := j.JS.StreamNames(ctx)
+	var names []string
+	for n := range lister.Name() {
+		names = append(names, n)
+	}
+	if err := lister.Err(); err != nil {
+		t.Fatalf("list streams: %v", err)
+	}
+	return names
 }

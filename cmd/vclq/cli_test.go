@@ -208,3 +208,34 @@ func TestWatchEndsWithTheResult(t *testing.T) {
 		}
 	}
 }
+
+// `vclq nats check --server` compares the server's assets with the code, read only;
+// `vclq nats init` applies the code and says what it changed.
+func TestNatsCheckServerAndInit(t *testing.T) {
+	j := testutil.StartJetStream(t)
+	url := "--nats=" + j.URL
+	dir := "--dir=" + filepath.Join("..", "..", streams.ExportDir)
+	steps := []struct {
+		args     []string
+		wantCode int
+		wantOut  string
+	}{
+		{[]string{"nats", "check", "--server", dir, url}, exitFailure, "server: stream VCL_REQUESTS: missing"},
+		{[]string{"nats", "check", "--server", dir, url}, exitFailure, "server: bucket vclq_slots: missing"},
+		{[]string{"nats", "init", url}, exitOK, "(0 changed)"},
+		{[]string{"nats", "check", "--server", dir, url}, exitOK, "the server's streams, consumers and buckets match the code"},
+		{[]string{"nats", "init", "--ack-wait=2m", url}, exitOK, "consumer VCL_REQUESTS > vclq-workers: ack_wait is 1m0s, expected 2m0s (updated)"},
+		{[]string{"nats", "check", "--server", dir, url}, exitFailure, "server: consumer VCL_REQUESTS > vclq-workers: ack_wait is 2m0s, expected 1m0s"},
+	}
+	for i, s := range steps {
+		code, out, errs := vclqRun(t, "", s.args...)
+		t.Logf("step %d %v: exit %d\n%s", i+1, s.args[:2], code, out)
+		if code != s.wantCode || !strings.Contains(out, s.wantOut) {
+			t.Fatalf("step %d %v: exit %d, out %q, err %q; want %d and %q", i+1, s.args, code, out, errs, s.wantCode, s.wantOut)
+		}
+	}
+	names := streamNames(t, j)
+	if len(names) != len(streams.Define(streams.Options{}).Streams)+len(streams.Define(streams.Options{}).Buckets) {
+		t.Errorf("streams after init: %v", names)
+	}
+}

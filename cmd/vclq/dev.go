@@ -150,9 +150,9 @@ func startDevNATS(_ context.Context, d *devEnv, _ *sync.WaitGroup) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), streams.EnsureTimeout)
 	defer cancel()
-	if err := streams.Ensure(ctx, d.js, streams.Options{AckWait: 30 * time.Second}); err != nil {
+	if err := convergeStreams(ctx, d.js, streams.Options{AckWait: 30 * time.Second}, d.e.log); err != nil {
 		return err
 	}
 	fmt.Fprintf(d.info, "NATS_URL=%s\n", d.server.URL())

@@ -40,9 +40,11 @@ type workerConfig struct {
 	Handler string `json:"handler,omitempty"`
 	// Flow configures the real flows: ESX hosts, SSH key, known_hosts, seal key.
 	Flow *flow.Setup `json:"flow,omitempty"`
-	// Replicas of the streams `vclq worker` ensures at start.
+	// Replicas of the streams and buckets `vclq worker` creates at start when they are
+	// missing. Existing ones keep theirs (a difference is logged): only
+	// `vclq nats init --replicas N` changes them.
 	Replicas int `json:"replicas,omitempty"`
-	// NoEnsure skips creating/updating streams, consumers and buckets at start.
+	// NoEnsure skips creating missing streams, consumers and buckets at start.
 	NoEnsure bool `json:"no_ensure,omitempty"`
 }
 
@@ -134,16 +136,16 @@ func (c *workerConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ID, "id", c.ID, "worker id ($VCLQ_WORKER_ID; default <hostname>-<pid>)")
 	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "job slots ($VCLQ_CONCURRENCY; default 4)")
 	fs.DurationVar((*time.Duration)(&c.LeaseTTL), "lease-ttl", time.Duration(c.LeaseTTL), "slot lease TTL, whole seconds ($VCLQ_LEASE_TTL; default 30s)")
-	fs.DurationVar((*time.Duration)(&c.AckWait), "ack-wait", time.Duration(c.AckWait), "consumer AckWait, ensured at start ($VCLQ_ACK_WAIT)")
-	fs.IntVar(&c.MaxDeliver, "max-deliver", c.MaxDeliver, "delivery budget per request, ensured at start ($VCLQ_MAX_DELIVER)")
+	fs.DurationVar((*time.Duration)(&c.AckWait), "ack-wait", time.Duration(c.AckWait), "consumer AckWait: set when the consumer is created, must match an existing one ($VCLQ_ACK_WAIT)")
+	fs.IntVar(&c.MaxDeliver, "max-deliver", c.MaxDeliver, "delivery budget per request: set when the consumer is created ($VCLQ_MAX_DELIVER)")
 	fs.DurationVar((*time.Duration)(&c.ShutdownGrace), "shutdown-grace", time.Duration(c.ShutdownGrace), "time in-flight jobs get on SIGTERM ($VCLQ_SHUTDOWN_GRACE; default 30s)")
 	fs.DurationVar((*time.Duration)(&c.StopTimeout), "stop-timeout", time.Duration(c.StopTimeout), "time a cancelled handler gets to return (default 10s)")
 	fs.DurationVar((*time.Duration)(&c.BusySlotWait), "busy-slot-wait", time.Duration(c.BusySlotWait), "how long a job waits in place for a busy slot (default 10m)")
 	fs.DurationVar((*time.Duration)(&c.RetryDelay), "retry-delay", time.Duration(c.RetryDelay), "first retry delay, doubled per delivery (default 5s)")
 	fs.DurationVar((*time.Duration)(&c.HeartbeatInterval), "heartbeat", time.Duration(c.HeartbeatInterval), "registry heartbeat interval (default 5s)")
 	fs.StringVar(&c.Handler, "handler", c.Handler, "job handler: flow (VCL's flows on ESX; needs the file's flow section) or sim:<spec> (tests, demos) ($VCLQ_HANDLER; default: flow when the file has a flow section, else "+simHandlerDefault+")")
-	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "replicas of the streams ensured at start (default 1)")
-	fs.BoolVar(&c.NoEnsure, "no-ensure", c.NoEnsure, "do not create/update streams, consumers and buckets at start")
+	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "replicas of streams and buckets created at start if missing (default 1; existing ones are left as they are: vclq nats init changes them)")
+	fs.BoolVar(&c.NoEnsure, "no-ensure", c.NoEnsure, "do not create missing streams, consumers and buckets at start")
 }
 
 func (c workerConfig) pool() worker.Config {
@@ -214,8 +216,8 @@ func runWorker(ctx context.Context, e *env, args []string) int {
 	}
 	defer nc.Close()
 	if !c.NoEnsure {
-		ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := streams.Ensure(ectx, js, c.streams())
+		ectx, cancel := context.WithTimeout(ctx, streams.EnsureTimeout)
+		err := convergeStreams(ectx, js, c.streams(), e.log)
 		cancel()
 		if err != nil {
 			e.log.Error().Err(err).Msg("worker: ensure streams")
