@@ -1,0 +1,244 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/vclq/vclq/eventlog"
+	"github.com/vclq/vclq/internal/natscluster"
+	"github.com/vclq/vclq/internal/simhandler"
+	"github.com/vclq/vclq/messages"
+	"github.com/vclq/vclq/streams"
+	"github.com/vclq/vclq/worker"
+)
+
+// A 3-node JetStream cluster with R3 streams: during a run of 100 reservations over 12
+// slots on 3 `vclq worker` processes, the meta leader, the VCL_REQUESTS leader, the
+// vclq-workers consumer leader and the vclq_slots leader are killed in turn (each
+// restarted). Nothing is lost or run twice, every step event is there, and the
+// handlers' journal (marker files per slot, across processes) sees no two jobs on a
+// slot at once.
+func TestClusterFailoverLosesNothing(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	c, err := natscluster.Start(ctx, t.TempDir(), natscluster.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ackWait, leaseTTL = 10 * time.Second, 5 * time.Second
+	if _, err := streams.Apply(ctx, js, streams.Options{Replicas: 3, AckWait: ackWait, MaxDeliver: 10}); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := t.TempDir()
+	journal := filepath.Join(dir, "journal")
+	for i := range 3 {
+		cmd := exec.Command(vclqBin, "worker", "--nats", c.URLs(), "--id", fmt.Sprintf("fo-%d", i), "--concurrency", "4",
+			"--handler", "sim:work=300ms..900ms,journal="+journal, "--lease-ttl", leaseTTL.String(),
+			"--ack-wait", ackWait.String(), "--max-deliver", "10", "--replicas", "3", "--heartbeat", "1s")
+		cmd.Env = append(os.Environ(), "VCLQ_LOG_LEVEL=warn")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	}
+
+	registry, err := js.KeyValue(ctx, messages.BucketWorkers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		keys, _ := registry.Keys(ctx)
+		if len(keys) == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 3 workers registered within 30 s", len(keys))
+		}
+	}
+
+	// 100 reservations, published over the run (a publish during an election is
+	// retried with the same Nats-Msg-Id, so it is stored once).
+	const n = 100
+	seqs := map[int64]uint64{}
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		for i := range n {
+			r := simhandler.Request(messages.KindNew, int64(20_000+i), int64(1+i%12))
+			data, _ := json.Marshal(r)
+			for try := 0; ; try++ {
+				pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+				ack, err := js.Publish(pctx, r.Kind.Subject(), data, jetstream.WithMsgID(r.MsgID()))
+				pcancel()
+				if err == nil {
+					seqs[r.Reservation.ID] = ack.Sequence
+					break
+				}
+				if try > 60 || ctx.Err() != nil {
+					t.Errorf("publish reservation %d: %v", r.Reservation.ID, err)
+					return
+				}
+				time.Sleep(250 * time.Millisecond)
+			}
+			time.Sleep(150 * time.Millisecond)
+		}
+	}()
+
+	// Kill each leader in turn and restart it.
+	leaders := []struct {
+		what string
+		find func() int
+	}{
+		{"meta leader", c.MetaLeader},
+		{"VCL_REQUESTS leader", func() int { return c.StreamLeader(messages.StreamRequests) }},
+		{"vclq-workers consumer leader", func() int { return c.ConsumerLeader(messages.StreamRequests, messages.ConsumerWorkers) }},
+		{"vclq_slots leader", func() int { return c.StreamLeader("KV_" + messages.BucketSlotLeases) }},
+	}
+	time.Sleep(2 * time.Second)
+	for _, l := range leaders {
+		i := -1
+		for deadline := time.Now().Add(30 * time.Second); i < 0 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			i = l.find()
+		}
+		if i < 0 {
+			t.Fatalf("no %s to kill", l.what)
+		}
+		t.Logf("killing the %s (server %d)", l.what, i)
+		c.Kill(i)
+		time.Sleep(3 * time.Second)
+		if err := c.Restart(i); err != nil {
+			t.Fatalf("restart server %d: %v", i, err)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	<-published
+	if t.Failed() {
+		return
+	}
+
+	// Every reservation: exactly one result, each with its step's begin and end
+	// events when it succeeded.
+	type seen struct {
+		results       []*messages.Result
+		begins, ends  int
+		beginAfterRes int
+	}
+	got := map[int64]*seen{}
+	for res := range seqs {
+		got[res] = &seen{}
+	}
+	deadline := time.Now().Add(4 * time.Minute)
+	for {
+		for _, s := range got {
+			*s = seen{}
+		}
+		rctx, rcancel := context.WithTimeout(ctx, time.Minute)
+		err := eventlog.Read(rctx, js, eventlog.Filter{}, func(ev eventlog.Event) error {
+			switch {
+			case ev.Loadlog != nil:
+				s := got[ev.Loadlog.ReservationID]
+				if s == nil || ev.Loadlog.RequestSeq != seqs[ev.Loadlog.ReservationID] {
+					return nil
+				}
+				switch ev.Loadlog.Phase {
+				case messages.PhaseBegin:
+					s.begins++
+					if len(s.results) > 0 {
+						s.beginAfterRes++
+					}
+				case messages.PhaseEnd:
+					s.ends++
+				}
+			case ev.Result != nil:
+				if s := got[ev.Result.ReservationID]; s != nil && ev.Result.RequestSeq == seqs[ev.Result.ReservationID] {
+					s.results = append(s.results, ev.Result)
+				}
+			}
+			return nil
+		})
+		rcancel()
+		if err != nil {
+			// The cluster may still be settling after the last restart.
+			if time.Now().After(deadline) {
+				t.Fatal(err)
+			}
+			t.Logf("reading events: %v (retrying)", err)
+			time.Sleep(2 * time.Second)
+			continue
+		}
+		done := 0
+		for _, s := range got {
+			if len(s.results) > 0 {
+				done++
+			}
+		}
+		if done == n || time.Now().After(deadline) {
+			t.Logf("%d of %d reservations have a result", done, n)
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	outcomes := map[string]int{}
+	lost, twice, missingEvents := 0, 0, 0
+	for res, s := range got {
+		switch {
+		case len(s.results) == 0:
+			lost++
+			t.Errorf("reservation %d (seq %d): no result", res, seqs[res])
+			continue
+		case len(s.results) > 1:
+			twice++
+			t.Errorf("reservation %d: %d results", res, len(s.results))
+		}
+		r := s.results[0]
+		outcomes[string(r.Outcome)+"/"+r.ErrorCode]++
+		if r.Outcome == messages.OutcomeSuccess && (s.begins < 1 || s.ends < 1) {
+			missingEvents++
+			t.Errorf("reservation %d: %d begin and %d end events for its step", res, s.begins, s.ends)
+		}
+		if s.beginAfterRes > 0 {
+			t.Errorf("reservation %d: a step began after its result", res)
+		}
+		if r.Outcome != messages.OutcomeSuccess && r.ErrorCode != worker.CodeSuperseded {
+			t.Errorf("reservation %d: %+v", res, r)
+		}
+	}
+	rep, err := simhandler.ReadJournal(journal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ranTwice := 0
+	for res, k := range rep.OKByReservation {
+		if k > 1 {
+			ranTwice++
+			t.Errorf("reservation %d ran to its end %d times", res, k)
+		}
+	}
+	t.Logf("outcomes %v; lost %d, results twice %d, ran twice %d, missing step events %d, lease overlaps %d, journal %d begins",
+		outcomes, lost, twice, ranTwice, missingEvents, len(rep.Overlaps), rep.Begins)
+	if len(rep.Overlaps) > 0 {
+		t.Errorf("two jobs on one slot at once: %s", strings.Join(rep.Overlaps, "; "))
+	}
+}
