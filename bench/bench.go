@@ -29,6 +29,7 @@ func Suites() []Suite {
 		{Name: "flows", Run: Flows},
 		{Name: "bridge", Run: Bridge},
 		{Name: "takeover", Run: Takeover},
+		{Name: "failover", Run: Failover},
 	}
 }
 
