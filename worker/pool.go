@@ -41,6 +41,9 @@ type Pool struct {
 	// markers remembers the revision of the delete marker this worker left on a slot
 	// key (key → uint64), for a one-round-trip lease create next time.
 	markers sync.Map
+	// records caches the slot records this worker wrote last (key → cachedRecord),
+	// for admission with one write instead of a read and a write.
+	records sync.Map
 
 	mu       sync.Mutex
 	active   map[*job]struct{}

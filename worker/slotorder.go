@@ -121,6 +121,12 @@ const maxRecordWrites = 20
 // change of the newest request means our lease was superseded (ErrLeaseLost).
 func (p *Pool) admit(ctx context.Context, j *job) (admission, error) {
 	key := SlotServedKey(j.req.Computer.ID)
+	if ok, err := p.admitFromCache(ctx, j, key); ok || err != nil {
+		if ok {
+			j.queued = false
+		}
+		return admission{}, err
+	}
 	rec, rev, err := p.readSlotRecord(ctx, key)
 	if err != nil {
 		return admission{}, fmt.Errorf("read %s: %w", key, err)
@@ -150,11 +156,7 @@ func (p *Pool) admit(ctx context.Context, j *job) (admission, error) {
 			a.verdict = admitYield
 			return a, nil
 		}
-		next := SlotRecord{
-			Seq: j.seq, Reservation: j.req.Reservation.ID, Request: j.req.Request.ID, Kind: j.req.Kind,
-			Worker: p.cfg.ID, Delivery: j.delivery, At: now, Waiting: rec.withWaiter(SlotWaiter{Seq: j.seq}, now),
-		}
-		ok, err := p.writeSlotRecord(ctx, key, next, rev)
+		ok, err := p.writeSlotRecord(ctx, key, p.newestRecord(j, rec, now), rev)
 		if err != nil {
 			return admission{}, err
 		}
@@ -228,13 +230,48 @@ func (p *Pool) writeSlotRecord(ctx context.Context, key string, rec SlotRecord, 
 	}
 	m := nats.NewMsg(kvSubject(key))
 	m.Data = val
-	if _, err := p.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(rev)); err != nil {
+	ack, err := p.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(rev))
+	if err != nil {
+		p.records.Delete(key)
 		if isWrongLastSeq(err) {
 			return false, nil
 		}
 		return false, fmt.Errorf("write %s: %w", key, err)
 	}
+	p.records.Store(key, cachedRecord{rec: rec, rev: ack.Sequence})
 	return true, nil
+}
+
+// cachedRecord is a slot record as this pool last wrote it, at its revision.
+type cachedRecord struct {
+	rec SlotRecord
+	rev uint64
+}
+
+// admitFromCache is admit's fast path for a first delivery on a slot this pool wrote
+// last: when the record it wrote makes the job runnable, one compare-and-set on that
+// revision both proves the record unchanged since and admits the job (no read). Any
+// other case, or a failed write, goes the slow way (ok false).
+func (p *Pool) admitFromCache(ctx context.Context, j *job, key string) (ok bool, err error) {
+	v, cached := p.records.Load(key)
+	if !cached || j.delivery > 1 {
+		return false, nil
+	}
+	c := v.(cachedRecord)
+	now := time.Now().UTC()
+	if c.rec.Seq >= j.seq || c.rec.olderWaiting(j.seq, now) {
+		return false, nil
+	}
+	return p.writeSlotRecord(ctx, key, p.newestRecord(j, c.rec, now), c.rev)
+}
+
+// newestRecord is rec with the job written as the slot's newest request (and out of
+// the waiting list).
+func (p *Pool) newestRecord(j *job, rec SlotRecord, now time.Time) SlotRecord {
+	return SlotRecord{
+		Seq: j.seq, Reservation: j.req.Reservation.ID, Request: j.req.Request.ID, Kind: j.req.Kind,
+		Worker: p.cfg.ID, Delivery: j.delivery, At: now, Waiting: rec.withWaiter(SlotWaiter{Seq: j.seq}, now),
+	}
 }
 
 // readSlotRecord reads key at the stream leader; revision 0 when it does not exist.
