@@ -74,10 +74,10 @@ func TestPoolsCompleteEveryRequestOnceWithoutSlotOverlap(t *testing.T) {
 			t.Errorf("superseded reservation %d ran", r)
 		}
 	}
-	// Loadlog begin + end for every request that ran, an info event for each
-	// superseded one, no duplicates.
-	if c := countSubject(t, j, messages.StreamEvents, messages.SubjectLoadlogPrefix+">"); c != 2*succeeded+len(superseded) {
-		t.Errorf("%d loadlog events, want %d", c, 2*succeeded+len(superseded))
+	// The simulated notice, loadlog begin and end for every request that ran, an
+	// info event for each superseded one, no duplicates.
+	if c := countSubject(t, j, messages.StreamEvents, messages.SubjectLoadlogPrefix+">"); c != 3*succeeded+len(superseded) {
+		t.Errorf("%d loadlog events, want %d", c, 3*succeeded+len(superseded))
 	}
 	if left := requestsLeft(t, j); left != 0 {
 		t.Errorf("%d requests left in the queue", left)
