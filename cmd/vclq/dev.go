@@ -128,7 +128,10 @@ func runDev(ctx context.Context, e *env, args []string) int {
 	if _, err := runDevDemo(runCtx, d); err != nil && ctx.Err() == nil {
 		e.log.Error().Err(err).Msg("dev: demo")
 	}
-	fmt.Fprintf(d.info, "\nvclq dev keeps running (Ctrl-C stops it). Try:\n  NATS_URL=%s vclq status\n  NATS_URL=%s vclq events --follow\n  nats --server %s sub --stream VCL_EVENTS --all 'vcl.events.>'\n", d.server.URL(), d.server.URL(), d.server.URL())
+	// The hints name the binary as it was run (`make run` runs bin/vclq).
+	self := os.Args[0]
+	fmt.Fprintf(d.info, "\nvclq dev keeps running (Ctrl-C stops it). Try:\n  NATS_URL=%s %s status\n  NATS_URL=%s %s events --follow\n  nats --server %s sub --stream VCL_EVENTS --all 'vcl.events.>'\n",
+		d.server.URL(), self, d.server.URL(), self, d.server.URL())
 	<-ctx.Done()
 	return exitOK
 }

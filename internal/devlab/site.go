@@ -108,9 +108,13 @@ type simGuest struct {
 	mu sync.Mutex
 	// vm is the VM (managed object id) the guest runs in; downed are VMs the host
 	// stopped, whose older power-on events are checked with the host.
-	vm       string
-	downed   map[string]bool
-	running  bool
+	vm      string
+	vmName  string
+	downed  map[string]bool
+	running bool
+	// halt powers the VM off, as ESX does when the guest OS halts (a shutdown inside
+	// the guest, PreCapture's), through the host's observer login.
+	halt     func(vmName string) error
 	status   osconfig.NodeStatus
 	users    map[string]bool
 	loggedIn []string
@@ -123,6 +127,10 @@ func (l *Lab) simGuests() map[string]*simGuest {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l.cancel = chain(l.cancel, cancel)
+	for _, s := range l.Slots {
+		host := s.Host
+		sims[s.Computer.ShortName].halt = func(vmName string) error { return l.powerOff(ctx, host, vmName) }
+	}
 	// As with namespace guests (routeDown): a VM's stop reaches its guest before the
 	// host's call returns.
 	l.ESX.OnPowerDown(func(p esxsim.PowerDown) {
@@ -165,7 +173,7 @@ func (g *simGuest) down(p esxsim.PowerDown) {
 		// A hard reboot: the guest stays up.
 	case p.Removed():
 		g.downed[p.VM] = true
-		g.vm, g.running, g.status, g.users = "", false, osconfig.NodeStatus{}, map[string]bool{}
+		g.vm, g.vmName, g.running, g.status, g.users = "", "", false, osconfig.NodeStatus{}, map[string]bool{}
 	default:
 		g.downed[p.VM] = true
 		g.running = false
@@ -187,7 +195,7 @@ func (g *simGuest) follow(e esxsim.PowerEvent) {
 	case e.Removed:
 		delete(g.downed, e.VM)
 		if mine {
-			g.vm, g.running, g.status, g.users = "", false, osconfig.NodeStatus{}, map[string]bool{}
+			g.vm, g.vmName, g.running, g.status, g.users = "", "", false, osconfig.NodeStatus{}, map[string]bool{}
 		}
 	case e.PoweredOn():
 		delete(g.downed, e.VM)
@@ -199,7 +207,7 @@ func (g *simGuest) follow(e esxsim.PowerEvent) {
 			img := imageInfo(e.ExtraConfig, messages.Computer{})
 			g.status = osconfig.NodeStatus{ImageName: img.Name, ImageID: img.ID, RevisionID: img.RevisionID}
 		}
-		g.vm, g.running = e.VM, true
+		g.vm, g.vmName, g.running = e.VM, e.Name, true
 	default:
 		if mine {
 			g.running = false
@@ -299,12 +307,22 @@ func (g *simGuest) Sanitize(_ context.Context, logins []string) error {
 	return nil
 }
 
+// PreCapture sanitises and shuts the guest down; like a namespace guest (and a real
+// one) whose OS halts, its VM then powers off, so a capture does not wait out its
+// shutdown timeout for a guest that never stops.
 func (g *simGuest) PreCapture(ctx context.Context, logins []string) error {
 	if err := g.Sanitize(ctx, logins); err != nil {
 		return err
 	}
 	g.mu.Lock()
 	g.running = false
+	vmName, halt := g.vmName, g.halt
 	g.mu.Unlock()
+	if halt == nil || vmName == "" {
+		return nil
+	}
+	if err := halt(vmName); err != nil {
+		return fmt.Errorf("simulated guest: power off %s after shutdown: %w", vmName, err)
+	}
 	return nil
 }
