@@ -395,6 +395,15 @@ func TestInvalidMessagesAreRejectedAndDeadLettered(t *testing.T) {
 				!strings.Contains(rs[0].Error, c.reason) || rs[0].ReservationID != c.reservation || rs[0].Deliveries != 1 {
 				t.Fatalf("result %+v, want rejected mentioning %q for reservation %d", rs, c.reason, c.reservation)
 			}
+			// The contract (docs/messages.md): the request fails in VCL when its
+			// reservation is known; the computer is never touched.
+			wantReq := ""
+			if c.reservation > 0 {
+				wantReq = messages.StateFailed
+			}
+			if rs[0].RequestState != wantReq || rs[0].ComputerState != "" {
+				t.Errorf("states %q/%q, want %q/\"\"", rs[0].RequestState, rs[0].ComputerState, wantReq)
+			}
 			m, ok := dlqBySeq[strconv.FormatUint(seq, 10)]
 			if !ok {
 				t.Fatalf("no dead letter for seq %d", seq)
