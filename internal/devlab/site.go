@@ -29,7 +29,16 @@ func (l *Lab) Setup() flow.Setup {
 // without them, over simulated guests that follow their VM's power state (GuestsWhy
 // says why). boot bounds the readiness wait. The close function ends host sessions.
 func (l *Lab) Handler(log zerolog.Logger, sealer *flow.Sealer, boot flow.BootWait) (*flow.Handler, func(context.Context), error) {
-	cfg, closeHosts, err := l.Setup().Config(log)
+	return l.SharedHandler(log, sealer, boot, nil)
+}
+
+// SharedHandler is Handler with the host keys it records shared through keys (the
+// vclq_hostkeys bucket, as a real worker shares them: sharedkeys); nil keeps them in
+// the lab's known_hosts only. Simulated guests have no host keys.
+func (l *Lab) SharedHandler(log zerolog.Logger, sealer *flow.Sealer, boot flow.BootWait, keys osconfig.HostKeyStore) (*flow.Handler, func(context.Context), error) {
+	setup := l.Setup()
+	setup.HostKeyStore = keys
+	cfg, closeHosts, err := setup.Config(log)
 	if err != nil {
 		return nil, nil, err
 	}
