@@ -31,13 +31,13 @@ func handBack(t *testing.T, j *testutil.JetStream) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for m := range b.Messages() {
-		if err := m.Nak(); err != nil {
-			t.Fatal(err)
-		}
-		return
+	m, ok := <-b.Messages()
+	if !ok {
+		t.Fatal("no delivery to hand back")
 	}
-	t.Fatal("no delivery to hand back")
+	if err := m.Nak(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // staleInfo returns the info events of stale deliveries.
