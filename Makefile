@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin/vclq
 export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 
-.PHONY: all build run test test-deps tidy-check lint bench fuzz clean
+.PHONY: all build run guest-deps test test-deps tidy-check lint bench fuzz clean
 
 all: build
 
@@ -12,8 +12,13 @@ build:
 	$(GO) build -o $(BIN) ./cmd/vclq
 
 # The main job: NATS, simulated ESX hosts, guests, workers and a demo, all embedded.
-run: build
+# As root it first installs what the real (namespace) guests need; without root it
+# says what it would install, and the guests are simulated.
+run: build guest-deps
 	$(BIN) dev
+
+guest-deps:
+	bash scripts/guest-deps.sh
 
 # Installs what the tests need (Debian packages, natscli, a running MariaDB), then
 # runs every test: with the race detector, except the tests that drive concurrent VM

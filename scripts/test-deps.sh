@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what `make test` needs, idempotently:
-#   - Debian packages for the guest lab (openssh-server, iptables, nftables, iproute2)
-#     and MariaDB, with apt-get when missing (only as root; otherwise those tests skip);
+#   - Debian packages for the guest lab (scripts/guest-deps.sh: openssh-server,
+#     iptables, nftables, iproute2, util-linux) and MariaDB, with apt-get when missing
+#     (only as root; otherwise those tests skip);
 #   - a running MariaDB on 127.0.0.1:3306 (root, no password);
 #   - natscli (the real `nats` CLI), pinned, for replay tests.
 set -euo pipefail
@@ -10,12 +11,8 @@ NATSCLI_VERSION=v0.5.1
 need=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 
+bash "$(dirname "$0")/guest-deps.sh"
 if [ "$(id -u)" = 0 ]; then
-	have sshd || need+=(openssh-server)
-	have iptables || need+=(iptables)
-	have nft || need+=(nftables)
-	have ip || need+=(iproute2)
-	have nsenter || need+=(util-linux)
 	have mariadbd || have mysqld || need+=(mariadb-server)
 	have mariadb || have mysql || need+=(mariadb-client)
 	if [ ${#need[@]} -gt 0 ]; then

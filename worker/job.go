@@ -221,7 +221,7 @@ func (p *Pool) finishUnclaimed(ctx context.Context, j *job, err error) {
 	switch {
 	case errors.Is(err, ErrCancelled):
 		j.log.Info().Msg("cancelled while waiting for the slot")
-		p.failFinal(sctx, j, messages.Result{}, &CodedError{Code: CodeCancelled, Err: err}, false, j.ack(sctx))
+		p.failFinal(sctx, j, messages.Result{}, &CodedError{Code: CodeCancelled, Err: err}, noDeadLetter, j.ack(sctx))
 	case errors.Is(err, ErrShutdown):
 		j.settle("nak (shutdown)", j.msg.Nak)
 	case errors.Is(err, ErrSlotBusy):
@@ -272,7 +272,7 @@ func (p *Pool) finish(ctx context.Context, j *job, l *lease, res messages.Result
 		j.settle("nak (shutdown)", j.msg.Nak)
 	case errors.Is(cause, ErrCancelled):
 		j.log.Info().Err(herr).Msg("cancelled by a later request")
-		p.failFinal(sctx, j, res, &CodedError{Code: CodeCancelled, Err: fmt.Errorf("%w: %v", ErrCancelled, herr)}, false, j.ack(sctx))
+		p.failFinal(sctx, j, res, &CodedError{Code: CodeCancelled, Err: fmt.Errorf("%w: %v", ErrCancelled, herr)}, noDeadLetter, j.ack(sctx))
 	default:
 		p.fail(sctx, j, res, herr)
 	}
@@ -290,7 +290,7 @@ func (p *Pool) succeed(ctx context.Context, j *job, res messages.Result) (publis
 	if err := p.pub.Result(ctx, &r); err != nil {
 		if publisher.IsInvalid(err) { // validated before any publish
 			j.log.Error().Err(err).Msg("handler returned an invalid result")
-			p.failFinal(ctx, j, messages.Result{}, &CodedError{Code: CodeBadResult, Err: fmt.Errorf("handler result: %w", err)}, false, j.msg.Term)
+			p.failFinal(ctx, j, messages.Result{}, &CodedError{Code: CodeBadResult, Err: fmt.Errorf("handler result: %w", err)}, noDeadLetter, j.msg.Term)
 			return false, nil
 		}
 		return false, err
@@ -303,11 +303,13 @@ func (p *Pool) succeed(ctx context.Context, j *job, res messages.Result) (publis
 func (p *Pool) fail(ctx context.Context, j *job, res messages.Result, herr error) {
 	switch {
 	case IsPermanent(herr):
-		j.log.Warn().Err(herr).Msg("job failed permanently")
-		p.failFinal(ctx, j, res, herr, false, j.msg.Term)
+		// Dead-lettered too, so that `vclq dlq replay` can re-drive it once the
+		// cause (a missing image, a permission) is fixed.
+		j.log.Warn().Err(herr).Msg("job failed permanently: dead letter")
+		p.failFinal(ctx, j, res, herr, deadLetterPermanent, j.msg.Term)
 	case p.lastDelivery(j):
 		j.log.Warn().Err(herr).Msg("job failed on its last delivery: dead letter")
-		p.failFinal(ctx, j, res, herr, true, j.msg.Term)
+		p.failFinal(ctx, j, res, herr, deadLetterBudget, j.msg.Term)
 	default:
 		d := p.retryDelay(j.delivery)
 		j.log.Warn().Err(herr).Dur("retry_in", d).Msg("job failed, will be retried")
@@ -315,16 +317,33 @@ func (p *Pool) fail(ctx context.Context, j *job, res messages.Result, herr error
 	}
 }
 
-// failFinal publishes the dead letter (if asked) and the failed result, then settles
-// with final (Ack or Term). If a publish fails the message is Nak'd instead: it comes
-// back (or, past MaxDeliver, the sweeper moves it).
-func (p *Pool) failFinal(ctx context.Context, j *job, res messages.Result, herr error, deadLetter bool, final func() error) {
+// deadLetterWhy says whether, and why, a final failure is dead-lettered.
+type deadLetterWhy int
+
+const (
+	noDeadLetter        deadLetterWhy = iota // cancelled, superseded, invalid handler result
+	deadLetterBudget                         // failed on its last delivery
+	deadLetterPermanent                      // failed permanently (Permanent): never retried
+)
+
+// deadLetterReason is the dead letter's Vclq-Reason.
+func (p *Pool) deadLetterReason(j *job, why deadLetterWhy, text string) string {
+	if why == deadLetterPermanent {
+		return fmt.Sprintf("permanent failure on delivery %d of %d (not retried): %s", j.delivery, p.cfg.MaxDeliver, text)
+	}
+	return fmt.Sprintf("delivery budget exhausted (%d of %d deliveries): %s", j.delivery, p.cfg.MaxDeliver, text)
+}
+
+// failFinal publishes the dead letter (unless why is noDeadLetter) and the failed
+// result, then settles with final (Ack or Term). If a publish fails the message is
+// Nak'd instead: it comes back (or, past MaxDeliver, the sweeper moves it).
+func (p *Pool) failFinal(ctx context.Context, j *job, res messages.Result, herr error, why deadLetterWhy, final func() error) {
 	code := CodeFailed
 	var ce *CodedError
 	if errors.As(herr, &ce) {
 		code = ce.Code
 	}
-	if deadLetter && code == CodeFailed {
+	if why == deadLetterBudget && code == CodeFailed {
 		code = CodeMaxDeliver
 	}
 	r := p.envelope(j, res, messages.OutcomeFailed)
@@ -340,9 +359,8 @@ func (p *Pool) failFinal(ctx context.Context, j *job, res messages.Result, herr 
 	}
 	r.ErrorCode = code
 	r.Error = messages.CleanText(herr.Error(), messages.MaxInfoLen)
-	if deadLetter {
-		reason := fmt.Sprintf("delivery budget exhausted (%d of %d deliveries): %s", j.delivery, p.cfg.MaxDeliver, r.Error)
-		if err := p.deadLetter(ctx, j, reason); err != nil {
+	if why != noDeadLetter {
+		if err := p.deadLetter(ctx, j, p.deadLetterReason(j, why, r.Error)); err != nil {
 			j.log.Error().Err(err).Msg("dead letter failed: handing the request back")
 			j.settle("nak (dead letter)", j.msg.Nak)
 			return

@@ -74,10 +74,10 @@ func TestPoolsCompleteEveryRequestOnceWithoutSlotOverlap(t *testing.T) {
 			t.Errorf("superseded reservation %d ran", r)
 		}
 	}
-	// Loadlog begin + end for every request that ran, an info event for each
-	// superseded one, no duplicates.
-	if c := countSubject(t, j, messages.StreamEvents, messages.SubjectLoadlogPrefix+">"); c != 2*succeeded+len(superseded) {
-		t.Errorf("%d loadlog events, want %d", c, 2*succeeded+len(superseded))
+	// The simulated notice, loadlog begin and end for every request that ran, an
+	// info event for each superseded one, no duplicates.
+	if c := countSubject(t, j, messages.StreamEvents, messages.SubjectLoadlogPrefix+">"); c != 3*succeeded+len(superseded) {
+		t.Errorf("%d loadlog events, want %d", c, 3*succeeded+len(superseded))
 	}
 	if left := requestsLeft(t, j); left != 0 {
 		t.Errorf("%d requests left in the queue", left)
@@ -395,6 +395,15 @@ func TestInvalidMessagesAreRejectedAndDeadLettered(t *testing.T) {
 				!strings.Contains(rs[0].Error, c.reason) || rs[0].ReservationID != c.reservation || rs[0].Deliveries != 1 {
 				t.Fatalf("result %+v, want rejected mentioning %q for reservation %d", rs, c.reason, c.reservation)
 			}
+			// The contract (docs/messages.md): the request fails in VCL when its
+			// reservation is known; the computer is never touched.
+			wantReq := ""
+			if c.reservation > 0 {
+				wantReq = messages.StateFailed
+			}
+			if rs[0].RequestState != wantReq || rs[0].ComputerState != "" {
+				t.Errorf("states %q/%q, want %q/\"\"", rs[0].RequestState, rs[0].ComputerState, wantReq)
+			}
 			m, ok := dlqBySeq[strconv.FormatUint(seq, 10)]
 			if !ok {
 				t.Fatalf("no dead letter for seq %d", seq)
@@ -428,7 +437,8 @@ func hintKind(reservation int64) messages.Kind {
 }
 
 // A handler that always fails: after MaxDeliver deliveries a dead letter and a failed
-// result; a permanent failure fails at once without a dead letter.
+// result; a permanent failure fails at once, and is dead-lettered too (so that
+// `vclq dlq replay` can re-drive it once its cause is fixed).
 func TestFailuresAfterDeliveryBudgetAndPermanent(t *testing.T) {
 	j := startJS(t, streams.Options{MaxDeliver: 3})
 	h := sim(t, "events=false,fail=reservations:1,permfail=reservations:2")
@@ -445,14 +455,35 @@ func TestFailuresAfterDeliveryBudgetAndPermanent(t *testing.T) {
 		t.Errorf("permanent (image): %+v, want failed/maintenance on delivery 1", r)
 	}
 	dlq := readAll(t, j, messages.StreamDeadLetters, messages.SubjectDeadLetterAll)
-	if len(dlq) != 1 {
-		t.Fatalf("%d dead letters, want 1", len(dlq))
+	if len(dlq) != 2 {
+		t.Fatalf("%d dead letters, want 2", len(dlq))
 	}
-	hd := dlq[0].Headers()
-	if dlq[0].Subject() != messages.DeadLetterSubject(messages.KindNew, 1) || hd.Get(messages.HeaderDeliveries) != "3" ||
-		hd.Get(messages.HeaderOrigSequence) != strconv.FormatUint(retried, 10) || hd.Get(messages.HeaderReservation) != "1" ||
-		!strings.Contains(hd.Get(messages.HeaderReason), "delivery budget") {
-		t.Errorf("dead letter %s %v", dlq[0].Subject(), hd)
+	bySeq := map[string]jetstream.Msg{}
+	for _, m := range dlq {
+		bySeq[m.Headers().Get(messages.HeaderOrigSequence)] = m
+	}
+	for _, tc := range []struct {
+		seq         uint64
+		kind        messages.Kind
+		reservation int64
+		deliveries  string
+		reason      string
+	}{
+		{retried, messages.KindNew, 1, "3", "delivery budget"},
+		{permanent, messages.KindImage, 2, "1", "permanent failure"},
+	} {
+		m, ok := bySeq[strconv.FormatUint(tc.seq, 10)]
+		if !ok {
+			t.Errorf("no dead letter for request seq %d", tc.seq)
+			continue
+		}
+		hd := m.Headers()
+		t.Logf("dead letter of seq %d: %s", tc.seq, hd.Get(messages.HeaderReason))
+		if m.Subject() != messages.DeadLetterSubject(tc.kind, tc.reservation) ||
+			hd.Get(messages.HeaderDeliveries) != tc.deliveries || hd.Get(messages.HeaderReservation) != strconv.FormatInt(tc.reservation, 10) ||
+			!strings.Contains(hd.Get(messages.HeaderReason), tc.reason) {
+			t.Errorf("dead letter %s %v", m.Subject(), hd)
+		}
 	}
 	if left := requestsLeft(t, j); left != 0 {
 		t.Errorf("%d requests left", left)

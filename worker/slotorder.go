@@ -454,7 +454,7 @@ func (p *Pool) finishUnadmitted(ctx context.Context, j *job, l *lease, a admissi
 		j.log.Warn().Uint64("slot_seq", a.served.Seq).Msg(info)
 		p.noteStale(sctx, j, info)
 		p.failFinal(sctx, j, messages.Result{}, &CodedError{Code: CodeSuperseded, Err: fmt.Errorf("%w: slot %s has served request seq %d (reservation %d)",
-			ErrSuperseded, j.req.Computer.ShortName, a.served.Seq, a.served.Reservation)}, false, j.ack(sctx))
+			ErrSuperseded, j.req.Computer.ShortName, a.served.Seq, a.served.Reservation)}, noDeadLetter, j.ack(sctx))
 	}
 	p.release(sctx, j, l)
 	return nil

@@ -23,6 +23,7 @@ import (
 	"github.com/vclq/vclq/internal/devlab"
 	"github.com/vclq/vclq/internal/natsconn"
 	"github.com/vclq/vclq/internal/natsembed"
+	"github.com/vclq/vclq/sharedkeys"
 	"github.com/vclq/vclq/streams"
 	"github.com/vclq/vclq/worker"
 )
@@ -128,7 +129,10 @@ func runDev(ctx context.Context, e *env, args []string) int {
 	if _, err := runDevDemo(runCtx, d); err != nil && ctx.Err() == nil {
 		e.log.Error().Err(err).Msg("dev: demo")
 	}
-	fmt.Fprintf(d.info, "\nvclq dev keeps running (Ctrl-C stops it). Try:\n  NATS_URL=%s vclq status\n  NATS_URL=%s vclq events --follow\n  nats --server %s sub --stream VCL_EVENTS --all 'vcl.events.>'\n", d.server.URL(), d.server.URL(), d.server.URL())
+	// The hints name the binary as it was run (`make run` runs bin/vclq).
+	self := os.Args[0]
+	fmt.Fprintf(d.info, "\nvclq dev keeps running (Ctrl-C stops it). Try:\n  NATS_URL=%s %s status\n  NATS_URL=%s %s events --follow\n  nats --server %s sub --stream VCL_EVENTS --all 'vcl.events.>'\n",
+		d.server.URL(), self, d.server.URL(), self, d.server.URL())
 	<-ctx.Done()
 	return exitOK
 }
@@ -192,12 +196,20 @@ func startDevWorkers(ctx context.Context, d *devEnv, wg *sync.WaitGroup) error {
 	if err != nil {
 		return err
 	}
-	h, closeHosts, err := d.lab.Handler(d.e.log, sealer, flow.BootWait{Timeout: 2 * time.Minute, Interval: 250 * time.Millisecond})
+	// As a real worker: the host keys it records are shared in vclq_hostkeys.
+	const workerID = "dev-worker"
+	kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	keys, err := sharedkeys.Open(kctx, d.js, workerID)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("open the shared host keys: %w", err)
+	}
+	h, closeHosts, err := d.lab.SharedHandler(d.e.log, sealer, flow.BootWait{Timeout: 2 * time.Minute, Interval: 250 * time.Millisecond}, keys)
 	if err != nil {
 		return err
 	}
 	d.pool, err = worker.New(d.js, d.nc, h, worker.Config{
-		ID: "dev-worker", Version: buildVersion(), Concurrency: d.opts.concurrency, LeaseTTL: 10 * time.Second,
+		ID: workerID, Version: buildVersion(), Concurrency: d.opts.concurrency, LeaseTTL: 10 * time.Second,
 		ShutdownGrace: 5 * time.Second, RetryDelay: time.Second,
 	}, d.e.log)
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -19,9 +20,24 @@ import (
 	"github.com/vclq/vclq/worker"
 )
 
-// A request whose handler fails on every delivery ends as a dead letter with a failed
-// result; once the cause is fixed, `vclq dlq replay` re-drives it to success.
+// A request whose handler fails — on every delivery (retryable), or at once
+// (permanent) — ends as a dead letter with a failed result; once the cause is fixed,
+// `vclq dlq replay` re-drives it to success.
 func TestFailingRequestIsDeadLetteredThenReplayed(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		err        error
+		deliveries int
+		reason     []string // in the dead letter's reason
+	}{
+		{"retryable", errors.New("host unreachable"), 3, []string{"delivery budget exhausted", "host unreachable"}},
+		{"permanent", worker.Permanent(errors.New("image vmwarelinux-centos7-v3 not found")), 1, []string{"permanent failure", "not found"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testDeadLetterReplay(t, tc.err, tc.deliveries, tc.reason) })
+	}
+}
+
+func testDeadLetterReplay(t *testing.T, failure error, deliveries int, reason []string) {
 	j := testutil.StartVCLJetStream(t, streams.Options{AckWait: 2 * time.Second, MaxDeliver: 3})
 	var broken atomic.Bool
 	broken.Store(true)
@@ -29,7 +45,7 @@ func TestFailingRequestIsDeadLetteredThenReplayed(t *testing.T) {
 	h := worker.HandlerFunc(func(_ context.Context, job *worker.Job) (messages.Result, error) {
 		calls.Add(1)
 		if broken.Load() {
-			return messages.Result{}, errors.New("host unreachable")
+			return messages.Result{}, failure
 		}
 		return messages.Result{RequestState: messages.StateReserved, ComputerState: messages.StateReserved}, nil
 	})
@@ -51,11 +67,12 @@ func TestFailingRequestIsDeadLetteredThenReplayed(t *testing.T) {
 		t.Fatalf("submit: %s %s", out, errs)
 	}
 	res := waitResult(t, j, 7001, func(r *messages.Result) bool { return r.Outcome == messages.OutcomeFailed })
-	if res.Deliveries != 3 || !strings.Contains(res.Error, "host unreachable") {
+	t.Logf("failed result after %d deliveries (handler ran %d times): %s %s", res.Deliveries, calls.Load(), res.ErrorCode, res.Error)
+	if res.Deliveries != deliveries || !strings.Contains(res.Error, failure.Error()) {
 		t.Fatalf("failed result %+v", res)
 	}
-	if calls.Load() != 3 {
-		t.Fatalf("handler ran %d times, want the delivery budget of 3", calls.Load())
+	if int(calls.Load()) != deliveries {
+		t.Fatalf("handler ran %d times, want %d", calls.Load(), deliveries)
 	}
 	var dl []dlq.Entry
 	testutil.WaitFor(t, 10*time.Second, 50*time.Millisecond, func() error {
@@ -65,11 +82,17 @@ func TestFailingRequestIsDeadLetteredThenReplayed(t *testing.T) {
 		}
 		dl, err = st.List(context.Background(), 0)
 		if err == nil && len(dl) != 1 {
-			err = errors.New("no dead letter yet")
+			err = fmt.Errorf("%d dead letters, want 1", len(dl))
 		}
 		return err
 	})
-	if !strings.Contains(dl[0].Reason, "host unreachable") || dl[0].OriginalSubject != "vcl.new" || dl[0].Deliveries != 3 {
+	t.Logf("dead letter: %q", dl[0].Reason)
+	for _, w := range reason {
+		if !strings.Contains(dl[0].Reason, w) {
+			t.Errorf("dead letter reason %q does not say %q", dl[0].Reason, w)
+		}
+	}
+	if dl[0].OriginalSubject != "vcl.new" || dl[0].Deliveries != deliveries {
 		t.Fatalf("dead letter %+v", dl[0])
 	}
 

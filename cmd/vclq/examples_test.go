@@ -12,7 +12,9 @@ func TestExampleWorkerConfigLoads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.defaultHandler() // as runWorker does once the flags are parsed
+	if err := c.resolveHandler(); err != nil { // as runWorker does once the flags are parsed
+		t.Fatal(err)
+	}
 	if c.Handler != "flow" || c.Flow == nil || len(c.Flow.Hosts) != 2 || c.Flow.Hosts[0].Thumbprint == "" || c.Concurrency != 8 {
 		t.Fatalf("example config loaded as %+v", c)
 	}

@@ -36,7 +36,8 @@ type workerConfig struct {
 	HeartbeatInterval duration        `json:"heartbeat_interval,omitempty"`
 	// Handler: "flow" (VCL's state flows on ESX hosts and guests, configured by Flow)
 	// or "sim:<spec>" (internal/simhandler, for tests and demos).
-	// default: "flow" when the file has a flow section, else a simulation.
+	// default: "flow" when the file has a flow section; without one the worker does
+	// not start unless a "sim:<spec>" handler is given.
 	Handler string `json:"handler,omitempty"`
 	// Flow configures the real flows: ESX hosts, SSH key, known_hosts, seal key.
 	Flow *flow.Setup `json:"flow,omitempty"`
@@ -108,18 +109,27 @@ func loadWorkerConfig(args []string) (workerConfig, error) {
 	return c, nil
 }
 
-// simHandlerDefault is the handler of a worker configured without a flow section.
-const simHandlerDefault = "sim:work=100ms..300ms"
+// errNoFlow is why a worker without real flow configuration does not start: it
+// would otherwise answer real requests with simulated successes.
+var errNoFlow = errors.New(`no flow configuration: the configuration file (--config) needs a "flow" section ` +
+	`(ESX hosts, SSH key, known_hosts: docs/flows.md), or pass --handler sim:<spec> (e.g. --handler sim:work=100ms..300ms) ` +
+	`to run simulated jobs that touch no VM`)
 
-// defaultHandler fills in the handler when neither the file, $VCLQ_HANDLER nor
-// --handler chose one: flow with a flow section, else a simulation.
-func (c *workerConfig) defaultHandler() {
-	if c.Handler == "" {
-		c.Handler = simHandlerDefault
-		if c.Flow != nil {
-			c.Handler = "flow"
-		}
+// errNoNATS is why a worker without a server does not start: it takes work from the
+// server it reaches, so it has no default.
+var errNoNATS = errors.New("no NATS server: pass --nats URL, set $NATS_URL or the configuration file's nats.url")
+
+// resolveHandler fills in the handler when neither the file, $VCLQ_HANDLER nor
+// --handler chose one: flow with a flow section. Without one there is no default:
+// a simulated handler must be asked for.
+func (c *workerConfig) resolveHandler() error {
+	if c.Handler == "" && c.Flow != nil {
+		c.Handler = "flow"
 	}
+	if c.Handler == "" || c.Handler == "flow" && c.Flow == nil {
+		return errNoFlow
+	}
+	return nil
 }
 
 func envDuration(d *duration) func(string) error {
@@ -132,7 +142,15 @@ func envDuration(d *duration) func(string) error {
 
 func (c *workerConfig) flags(fs *flag.FlagSet) {
 	fs.String("config", "", "JSON configuration file ($VCLQ_CONFIG); env and flags override it")
+	fileURL := c.NATS.URL
 	c.NATS.RegisterFlags(fs)
+	// A worker takes work from the server it reaches: no default server.
+	nf := fs.Lookup("nats")
+	nf.Usage = "NATS server URL(s), comma separated ($NATS_URL, the file's nats.url); required: a worker has no default server"
+	if fileURL == "" && os.Getenv("NATS_URL") == "" {
+		_ = nf.Value.Set("")
+		nf.DefValue = ""
+	}
 	fs.StringVar(&c.ID, "id", c.ID, "worker id ($VCLQ_WORKER_ID; default <hostname>-<pid>)")
 	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "job slots ($VCLQ_CONCURRENCY; default 4)")
 	fs.DurationVar((*time.Duration)(&c.LeaseTTL), "lease-ttl", time.Duration(c.LeaseTTL), "slot lease TTL, whole seconds ($VCLQ_LEASE_TTL; default 30s)")
@@ -143,7 +161,7 @@ func (c *workerConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar((*time.Duration)(&c.BusySlotWait), "busy-slot-wait", time.Duration(c.BusySlotWait), "how long a job waits in place for a busy slot (default 10m)")
 	fs.DurationVar((*time.Duration)(&c.RetryDelay), "retry-delay", time.Duration(c.RetryDelay), "first retry delay, doubled per delivery (default 5s)")
 	fs.DurationVar((*time.Duration)(&c.HeartbeatInterval), "heartbeat", time.Duration(c.HeartbeatInterval), "registry heartbeat interval (default 5s)")
-	fs.StringVar(&c.Handler, "handler", c.Handler, "job handler: flow (VCL's flows on ESX; needs the file's flow section) or sim:<spec> (tests, demos) ($VCLQ_HANDLER; default: flow when the file has a flow section, else "+simHandlerDefault+")")
+	fs.StringVar(&c.Handler, "handler", c.Handler, "job handler: flow (VCL's flows on ESX; needs the file's flow section) or sim:<spec> (simulated jobs for tests and demos: no VM is touched) ($VCLQ_HANDLER; default: flow when the file has a flow section; without one a sim:<spec> handler must be given)")
 	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "replicas of streams and buckets created at start if missing (default 1; existing ones are left as they are: vclq nats init changes them)")
 	fs.BoolVar(&c.NoEnsure, "no-ensure", c.NoEnsure, "do not create missing streams, consumers and buckets at start")
 }
@@ -182,13 +200,17 @@ func runWorker(ctx context.Context, e *env, args []string) int {
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
-	c.defaultHandler()
 	if fs.NArg() > 0 {
 		fmt.Fprintf(e.stderr, "vclq worker: unexpected arguments %q\n", fs.Args())
 		return exitUsage
 	}
-	// A simulated handler is checked before connecting; the flow handler is built
-	// after, with the shared host key store.
+	// Everything that makes a worker refuse to start is checked before it connects:
+	// a simulated handler is built now, the flow handler after, with the shared host
+	// key store.
+	if err := c.resolveHandler(); err != nil {
+		fmt.Fprintln(e.stderr, "vclq worker:", err)
+		return exitUsage
+	}
 	var h worker.Handler
 	closeHosts := func(context.Context) {}
 	defer func() {
@@ -196,15 +218,18 @@ func runWorker(ctx context.Context, e *env, args []string) int {
 		closeHosts(cctx)
 		cancel()
 	}()
-	switch {
-	case c.Handler == "flow" && c.Flow == nil:
-		fmt.Fprintln(e.stderr, `vclq worker: handler "flow" needs a "flow" section in the configuration file`)
-		return exitUsage
-	case c.Handler != "flow":
+	if c.Handler != "flow" {
 		if h, err = newSimHandler(c.Handler); err != nil {
 			fmt.Fprintln(e.stderr, "vclq worker:", err)
 			return exitUsage
 		}
+	}
+	if c.NATS.URL == "" {
+		fmt.Fprintln(e.stderr, "vclq worker:", errNoNATS)
+		return exitUsage
+	}
+	if c.Handler != "flow" {
+		e.log.Warn().Str("handler", c.Handler).Msg("worker: simulated handler: requests get simulated results and no VM is touched (every job's loadlog says so); never point this worker at a real site")
 	}
 	if c.NATS.Name == "" {
 		c.NATS.Name = "vclq-worker"
@@ -215,6 +240,7 @@ func runWorker(ctx context.Context, e *env, args []string) int {
 		return exitFailure
 	}
 	defer nc.Close()
+	e.log.Info().Str("nats", nc.ConnectedUrlRedacted()).Str("handler", c.Handler).Msg("worker: connected")
 	if !c.NoEnsure {
 		ectx, cancel := context.WithTimeout(ctx, streams.EnsureTimeout)
 		err := convergeStreams(ectx, js, c.streams(), e.log)

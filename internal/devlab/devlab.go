@@ -141,7 +141,7 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 	// Each host is polled for power changes (two SOAP calls a poll): keep the total
 	// near 40 polls a second however many hosts there are.
 	watch := max(esxsim.DefaultWatchInterval, time.Duration(cfg.Hosts)*25*time.Millisecond)
-	l.ESX, err = esxsim.Start(ctx, esxsim.Options{Hosts: cfg.Hosts, Dir: filepath.Join(cfg.Dir, "esx"), WatchInterval: watch})
+	l.ESX, err = esxsim.Start(ctx, esxsim.Options{Hosts: cfg.Hosts, Dir: filepath.Join(cfg.Dir, "esx"), WatchInterval: watch, Logger: &l.log})
 	if err != nil {
 		return nil, fmt.Errorf("devlab: %w", err)
 	}

@@ -29,7 +29,16 @@ func (l *Lab) Setup() flow.Setup {
 // without them, over simulated guests that follow their VM's power state (GuestsWhy
 // says why). boot bounds the readiness wait. The close function ends host sessions.
 func (l *Lab) Handler(log zerolog.Logger, sealer *flow.Sealer, boot flow.BootWait) (*flow.Handler, func(context.Context), error) {
-	cfg, closeHosts, err := l.Setup().Config(log)
+	return l.SharedHandler(log, sealer, boot, nil)
+}
+
+// SharedHandler is Handler with the host keys it records shared through keys (the
+// vclq_hostkeys bucket, as a real worker shares them: sharedkeys); nil keeps them in
+// the lab's known_hosts only. Simulated guests have no host keys.
+func (l *Lab) SharedHandler(log zerolog.Logger, sealer *flow.Sealer, boot flow.BootWait, keys osconfig.HostKeyStore) (*flow.Handler, func(context.Context), error) {
+	setup := l.Setup()
+	setup.HostKeyStore = keys
+	cfg, closeHosts, err := setup.Config(log)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -108,9 +117,13 @@ type simGuest struct {
 	mu sync.Mutex
 	// vm is the VM (managed object id) the guest runs in; downed are VMs the host
 	// stopped, whose older power-on events are checked with the host.
-	vm       string
-	downed   map[string]bool
-	running  bool
+	vm      string
+	vmName  string
+	downed  map[string]bool
+	running bool
+	// halt powers the VM off, as ESX does when the guest OS halts (a shutdown inside
+	// the guest, PreCapture's), through the host's observer login.
+	halt     func(vmName string) error
 	status   osconfig.NodeStatus
 	users    map[string]bool
 	loggedIn []string
@@ -123,6 +136,10 @@ func (l *Lab) simGuests() map[string]*simGuest {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l.cancel = chain(l.cancel, cancel)
+	for _, s := range l.Slots {
+		host := s.Host
+		sims[s.Computer.ShortName].halt = func(vmName string) error { return l.powerOff(ctx, host, vmName) }
+	}
 	// As with namespace guests (routeDown): a VM's stop reaches its guest before the
 	// host's call returns.
 	l.ESX.OnPowerDown(func(p esxsim.PowerDown) {
@@ -165,7 +182,7 @@ func (g *simGuest) down(p esxsim.PowerDown) {
 		// A hard reboot: the guest stays up.
 	case p.Removed():
 		g.downed[p.VM] = true
-		g.vm, g.running, g.status, g.users = "", false, osconfig.NodeStatus{}, map[string]bool{}
+		g.vm, g.vmName, g.running, g.status, g.users = "", "", false, osconfig.NodeStatus{}, map[string]bool{}
 	default:
 		g.downed[p.VM] = true
 		g.running = false
@@ -187,7 +204,7 @@ func (g *simGuest) follow(e esxsim.PowerEvent) {
 	case e.Removed:
 		delete(g.downed, e.VM)
 		if mine {
-			g.vm, g.running, g.status, g.users = "", false, osconfig.NodeStatus{}, map[string]bool{}
+			g.vm, g.vmName, g.running, g.status, g.users = "", "", false, osconfig.NodeStatus{}, map[string]bool{}
 		}
 	case e.PoweredOn():
 		delete(g.downed, e.VM)
@@ -199,7 +216,7 @@ func (g *simGuest) follow(e esxsim.PowerEvent) {
 			img := imageInfo(e.ExtraConfig, messages.Computer{})
 			g.status = osconfig.NodeStatus{ImageName: img.Name, ImageID: img.ID, RevisionID: img.RevisionID}
 		}
-		g.vm, g.running = e.VM, true
+		g.vm, g.vmName, g.running = e.VM, e.Name, true
 	default:
 		if mine {
 			g.running = false
@@ -299,12 +316,22 @@ func (g *simGuest) Sanitize(_ context.Context, logins []string) error {
 	return nil
 }
 
+// PreCapture sanitises and shuts the guest down; like a namespace guest (and a real
+// one) whose OS halts, its VM then powers off, so a capture does not wait out its
+// shutdown timeout for a guest that never stops.
 func (g *simGuest) PreCapture(ctx context.Context, logins []string) error {
 	if err := g.Sanitize(ctx, logins); err != nil {
 		return err
 	}
 	g.mu.Lock()
 	g.running = false
+	vmName, halt := g.vmName, g.halt
 	g.mu.Unlock()
+	if halt == nil || vmName == "" {
+		return nil
+	}
+	if err := halt(vmName); err != nil {
+		return fmt.Errorf("simulated guest: power off %s after shutdown: %w", vmName, err)
+	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/url"
@@ -25,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/session"
 	"github.com/vmware/govmomi/simulator"
@@ -69,6 +71,10 @@ type Options struct {
 	// WatchInterval is how often WatchPower polls each host (two SOAP calls a poll).
 	// default: DefaultWatchInterval.
 	WatchInterval time.Duration
+	// Logger receives, at debug level, what the simulators' HTTP servers log (such as
+	// "TLS handshake error": a client pinning the thumbprint first tries, and fails,
+	// a verified handshake). default: discarded.
+	Logger *zerolog.Logger
 }
 
 // Lab is a set of simulated ESX hosts.
@@ -258,6 +264,7 @@ func startHost(ctx context.Context, name, root string, opts Options) (*Host, err
 	m.Map().Handler = h.handle
 	m.Map().AddHandler(&taskFaults{in: h.faults})
 	h.server = m.Service.NewServer()
+	routeServerLog(h.server, opts.Logger, name)
 	u := *h.server.URL
 	u.User = nil
 	h.URL = &u
@@ -428,4 +435,26 @@ func randomString() string {
 		panic(errors.New("esxsim: no randomness"))
 	}
 	return hex.EncodeToString(b)
+}
+
+// routeServerLog sends what the simulator's HTTP server logs to logger at debug
+// level instead of the standard logger (standard error). The server is already
+// serving, but nothing has connected: no client knows its URL yet. Locking the
+// server's connection table (CloseClientConnections, with no connection to close)
+// orders this write before the first connection's use of it.
+func routeServerLog(s *simulator.Server, logger *zerolog.Logger, host string) {
+	l := zerolog.Nop()
+	if logger != nil {
+		l = logger.With().Str("esx_host", host).Logger()
+	}
+	s.Config.ErrorLog = log.New(debugWriter{l}, "", 0)
+	s.CloseClientConnections()
+}
+
+// debugWriter writes each line it is given as a debug message.
+type debugWriter struct{ log zerolog.Logger }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.log.Debug().Msg("vcsim http server: " + strings.TrimSpace(string(p)))
+	return len(p), nil
 }

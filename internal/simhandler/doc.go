@@ -12,7 +12,8 @@
 //	failall=true                fail every job (retryable)
 //	hang=reservations:5         block until the job's context ends
 //	crash=reservations:11       os.Exit(3) the whole process at handler start
-//	events=false                no loadlog events (default: begin/end of statuscheck)
+//	events=false                no loadlog events (default: an info event SimulatedNotice,
+//	                            then begin/end of statuscheck, the end's info "simulated")
 //	journal=/path/file          append begin/end lines; slot markers in /path/file.slots/
 //
 // Selectors are reservations:a|b|c, computers:a|b|c or kinds:new|reclaim.

@@ -15,6 +15,9 @@ import (
 	"github.com/vclq/vclq/worker"
 )
 
+// SimulatedNotice is the info event that opens every simulated job's loadlog.
+const SimulatedNotice = "simulated handler: no VM was touched"
+
 // ErrSimulated is wrapped by every failure the handler simulates.
 var ErrSimulated = errors.New("simulated failure")
 
@@ -164,7 +167,12 @@ func (h *Handler) Handle(ctx context.Context, job *worker.Job) (res messages.Res
 	}
 	start := time.Now()
 	if h.spec.Events {
-		if err := job.Events.Loadlog(ctx, worker.StepEvent{Step: 1, Name: messages.LoadStatusCheck, Phase: messages.PhaseBegin}); err != nil {
+		// Whoever reads the reservation's loadlog (VCL's web UI through the bridge,
+		// vclq watch) learns first that nothing real happened.
+		if err := job.Events.Loadlog(ctx, worker.StepEvent{Step: 1, Name: messages.LoadInfo, Phase: messages.PhaseInfo, Info: SimulatedNotice, At: start}); err != nil {
+			return res, err
+		}
+		if err := job.Events.Loadlog(ctx, worker.StepEvent{Step: 1, Name: messages.LoadStatusCheck, Phase: messages.PhaseBegin, At: start}); err != nil {
 			return res, err
 		}
 	}

@@ -50,11 +50,35 @@ func TestParse(t *testing.T) {
 	}
 }
 
-type sink struct{ n int }
+type sink struct{ evs []worker.StepEvent }
 
-func (s *sink) Loadlog(context.Context, worker.StepEvent) error {
-	s.n++
+func (s *sink) Loadlog(_ context.Context, ev worker.StepEvent) error {
+	s.evs = append(s.evs, ev)
 	return nil
+}
+
+// Every simulated job's loadlog says that it was simulated: an info event first, and
+// the end event's info.
+func TestEventsSaySimulated(t *testing.T) {
+	h, err := simhandler.New("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := job(1, 1, 1)
+	if _, err := h.Handle(context.Background(), j); err != nil {
+		t.Fatal(err)
+	}
+	evs := j.Events.(*sink).evs
+	t.Logf("%d events: %+v", len(evs), evs)
+	if len(evs) != 3 {
+		t.Fatalf("%d events, want info, begin, end", len(evs))
+	}
+	if e := evs[0]; e.Phase != messages.PhaseInfo || e.Name != messages.LoadInfo || e.Info != simhandler.SimulatedNotice {
+		t.Errorf("first event %+v, want the simulated notice", e)
+	}
+	if e := evs[2]; e.Phase != messages.PhaseEnd || e.Info != "simulated" {
+		t.Errorf("end event %+v, want info \"simulated\"", e)
+	}
 }
 
 func job(res, computer int64, delivery int) *worker.Job {
