@@ -42,6 +42,9 @@ type Pool struct {
 	// key (key → uint64), for a one-round-trip lease create next time.
 	markers sync.Map
 
+	// ready is what the health checks report (metrics.go).
+	ready readiness
+
 	mu       sync.Mutex
 	active   map[*job]struct{}
 	draining bool
@@ -74,6 +77,7 @@ func New(js jetstream.JetStream, nc *nats.Conn, h Handler, cfg Config, log zerol
 		active:   map[*job]struct{}{},
 	}
 	p.jobsCtx, p.jobsCancel = context.WithCancelCause(context.Background())
+	p.metrics().SetSlots(cfg.Concurrency)
 	return p, nil
 }
 
@@ -110,6 +114,10 @@ func (p *Pool) Run(ctx context.Context) error {
 	var bgWG sync.WaitGroup
 	bgWG.Add(1)
 	go func() { defer bgWG.Done(); p.heartbeat(bg) }()
+	if p.cfg.Metrics != nil {
+		bgWG.Add(1)
+		go func() { defer bgWG.Done(); p.refreshQueueInfo(bg) }()
+	}
 	if !p.cfg.DisableSweeper {
 		bgWG.Add(1)
 		go func() { defer bgWG.Done(); p.sweep(ctx) }()
@@ -181,6 +189,7 @@ func (p *Pool) setup(ctx context.Context) error {
 	if p.registry, err = p.js.KeyValue(sctx, messages.BucketWorkers); err != nil {
 		return fmt.Errorf("worker %s: bucket %s: %w", p.cfg.ID, messages.BucketWorkers, err)
 	}
+	p.ready.bound.Store(true)
 	return nil
 }
 
