@@ -247,12 +247,13 @@ func (m *Worker) HostCallStarted(host string) (done func(err error)) {
 		return func(error) {}
 	}
 	m.hostCalls.WithLabelValues(host).Inc()
+	errs := m.hostErrors.WithLabelValues(host) // the series exists (0) from the first call
 	g := m.hostInFlight.WithLabelValues(host)
 	g.Inc()
 	return func(err error) {
 		g.Dec()
 		if err != nil && !errors.Is(err, context.Canceled) {
-			m.hostErrors.WithLabelValues(host).Inc()
+			errs.Inc()
 		}
 	}
 }
