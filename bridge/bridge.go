@@ -116,6 +116,7 @@ func (b *Bridge) pollLoop(ctx context.Context) error {
 	bo := backoff{min: 500 * time.Millisecond, max: min(b.cfg.MaxBackoff, b.cfg.Interval)}
 	for {
 		st, err := b.PollOnce(ctx)
+		b.metrics().Polled(err == nil, st.Claimed, st.Failed)
 		delay := b.cfg.Interval
 		switch {
 		case ctx.Err() != nil:
@@ -123,6 +124,7 @@ func (b *Bridge) pollLoop(ctx context.Context) error {
 		case errors.As(err, new(errCrash)):
 			return err
 		case err != nil:
+			b.noteError(err)
 			delay = bo.next()
 			b.log.Warn().Err(err).Dur("retry_in", delay).Msg("bridge poll failed")
 		default:
@@ -158,5 +160,6 @@ func (b *Bridge) checkIn(ctx context.Context) error {
 	if _, err := b.db.ExecContext(ctx, "UPDATE managementnode SET lastcheckin = NOW() WHERE id IN ("+b.mnList+")"); err != nil {
 		return fmt.Errorf("check in management node(s) %s: %w", b.mnList, err)
 	}
+	b.metrics().CheckedIn()
 	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/vclq/vclq/metrics"
 )
 
 // Config of a bridge. The zero value of every field but ManagementNodes is usable.
@@ -34,6 +36,8 @@ type Config struct {
 	// SealKey opens sealed passwords for reservation.pw. Without it a result's
 	// passwords are not stored and a WARNING loadlog row says so.
 	SealKey *SealKey
+	// Metrics receives the bridge's metrics (package metrics). default: nil, none.
+	Metrics *metrics.Bridge
 }
 
 // Defaults.

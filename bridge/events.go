@@ -17,6 +17,7 @@ import (
 
 	"github.com/vclq/vclq/internal/wait"
 	"github.com/vclq/vclq/messages"
+	"github.com/vclq/vclq/metrics"
 )
 
 // ConsumerConfig is the bridge's durable pull consumer on VCL_EVENTS: every loadlog
@@ -99,6 +100,7 @@ func (b *Bridge) eventLoop(ctx context.Context) error {
 		case err != nil && ctx.Err() != nil:
 			return nil
 		case err != nil:
+			b.noteError(err)
 			d := bo.next()
 			b.log.Warn().Err(err).Int("events", len(msgs)).Dur("retry_in", d).Msg("bridge could not apply events; they will be redelivered")
 			for _, m := range msgs {
@@ -168,6 +170,7 @@ func (b *Bridge) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
 			err = b.applyResult(ctx, tx, e)
 		}
 		if permanentDBError(err) {
+			b.metrics().DatabaseError(metrics.DBPermanent)
 			if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT vclq_event"); rerr != nil {
 				return fmt.Errorf("apply events: %w", rerr)
 			}
@@ -188,8 +191,10 @@ func (b *Bridge) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
 		if e.bad != nil {
 			b.log.Error().Err(e.bad).Str("subject", e.msg.Subject()).Uint64("stream_seq", e.seq).Msg("event cannot be applied; terminated (it stays in the stream)")
 			_ = e.msg.TermWithReason(messages.CleanText(e.bad.Error(), 200))
+			b.metrics().Terminated(eventType(e))
 			continue
 		}
+		b.observeApplied(e)
 		if e.after != nil {
 			e.after()
 		}

@@ -38,6 +38,9 @@ type Setup struct {
 	// HostKeyStore shares recorded host keys with the other management nodes (the
 	// worker sets it to the vclq_hostkeys bucket). Optional; not configuration.
 	HostKeyStore osconfig.HostKeyStore `json:"-"`
+	// HostObserver is told of every ESX host call (the worker's metrics). Optional;
+	// not configuration.
+	HostObserver hypervisor.CallObserver `json:"-"`
 }
 
 // HostSetup is one ESX host.
@@ -87,7 +90,11 @@ func (s Setup) Config(log zerolog.Logger) (Config, func(context.Context), error)
 	if len(s.Hosts) == 0 {
 		return Config{}, nil, errors.New("flow setup: no hosts")
 	}
-	pool, err := hypervisor.NewPool(s.HostConfigs(), hypervisor.WithLogger(log))
+	opts := []hypervisor.Option{hypervisor.WithLogger(log)}
+	if s.HostObserver != nil {
+		opts = append(opts, hypervisor.WithObserver(s.HostObserver))
+	}
+	pool, err := hypervisor.NewPool(s.HostConfigs(), opts...)
 	if err != nil {
 		return Config{}, nil, fmt.Errorf("flow setup: %w", err)
 	}

@@ -38,6 +38,7 @@ type ESX struct {
 	url *url.URL
 	log zerolog.Logger
 	sem chan struct{}
+	obs CallObserver // nil: none
 
 	mu   sync.Mutex
 	sess *hostSession
@@ -75,10 +76,23 @@ type datastoreRefs struct {
 // Option configures New and NewPool.
 type Option func(*options)
 
-type options struct{ log zerolog.Logger }
+type options struct {
+	log zerolog.Logger
+	obs CallObserver
+}
 
 // WithLogger sets the logger (default: zerolog.Nop()).
 func WithLogger(l zerolog.Logger) Option { return func(o *options) { o.log = l } }
+
+// CallObserver is told of every host call (each with its retries), for metrics.
+type CallObserver interface {
+	// HostCallStarted is called when a call to the named host (HostConfig.Name)
+	// begins; done is called with its error when it ends.
+	HostCallStarted(host string) (done func(err error))
+}
+
+// WithObserver sets an observer of host calls (default: none).
+func WithObserver(obs CallObserver) Option { return func(o *options) { o.obs = obs } }
 
 // New returns a client of the host. It does not connect: the first call logs in.
 func New(cfg HostConfig, opts ...Option) (*ESX, error) {
@@ -95,6 +109,7 @@ func New(cfg HostConfig, opts ...Option) (*ESX, error) {
 		url:   u,
 		log:   o.log.With().Str("host", cfg.Name).Logger(),
 		sem:   make(chan struct{}, cfg.MaxConcurrent),
+		obs:   o.obs,
 		locks: map[string]chan struct{}{},
 	}, nil
 }
@@ -294,8 +309,11 @@ func (c *ESX) inventory(ctx context.Context, s *hostSession) (*inventory, error)
 // needed, bounds each attempt by timeout, logs in again after NotAuthenticated, and
 // retries transient faults with exponential backoff and jitter up to MaxAttempts.
 // Errors are *OpError naming host, slot and op. Cancelling ctx ends it at once.
-func (c *ESX) do(ctx context.Context, op, slot string, timeout time.Duration, fn func(context.Context, *hostSession) error) error {
-	var err error
+func (c *ESX) do(ctx context.Context, op, slot string, timeout time.Duration, fn func(context.Context, *hostSession) error) (err error) {
+	if c.obs != nil {
+		done := c.obs.HostCallStarted(c.cfg.Name)
+		defer func() { done(err) }()
+	}
 	relogins := 0
 	for attempt := 1; ; attempt++ {
 		// A slot of the host's limit per attempt: not held while backing off.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vclq/vclq/messages"
+	"github.com/vclq/vclq/metrics"
 	"github.com/vclq/vclq/publisher"
 )
 
@@ -59,6 +60,11 @@ type Config struct {
 	SkipSlotOrdering bool `json:"-"`
 	// Publisher tunes event publishing (retries, timeouts).
 	Publisher publisher.Options `json:"publisher,omitzero"`
+	// Metrics receives the pool's metrics (package metrics). default: nil, none.
+	Metrics *metrics.Worker `json:"-"`
+	// QueueInfoInterval is how often, with Metrics set, the consumer info is read
+	// in the background for the queue gauges and readiness. default: 5s.
+	QueueInfoInterval time.Duration `json:"-"`
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -94,6 +100,7 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.MaxRetryDelay, 2*time.Minute)
 	def(&c.HeartbeatInterval, 5*time.Second)
 	def(&c.PollWait, 2*time.Second)
+	def(&c.QueueInfoInterval, defaultQueueInfoInterval)
 	if c.LeaseTTL < time.Second {
 		return c, fmt.Errorf("%w: lease TTL %s is less than 1s (KV TTLs are whole seconds)", ErrConfig, c.LeaseTTL)
 	}

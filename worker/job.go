@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vclq/vclq/messages"
+	"github.com/vclq/vclq/metrics"
 	"github.com/vclq/vclq/publisher"
 )
 
@@ -42,6 +43,10 @@ type job struct {
 	// Pool.mono). Used by the job's own goroutine only.
 	queued   bool
 	queuedAt time.Duration
+
+	// outcome is the delivery's outcome for its duration metric (metrics.Job*; empty:
+	// handed back). Set by the job's own goroutine.
+	outcome string
 }
 
 // settle acks, naks or terminates the message once; later calls do nothing.
@@ -107,6 +112,11 @@ func (p *Pool) process(pullCtx context.Context, msg jetstream.Msg) (tail func())
 	}
 	j.state.Store(JobWaiting)
 	j.log = p.log.With().Uint64("seq", j.seq).Int("delivery", j.delivery).Logger()
+	defer p.metrics().JobStarted()()
+	defer p.observeJob(j)
+	if j.delivery > 1 {
+		p.metrics().Redelivery()
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			j.log.Error().Interface("panic", r).Bytes("stack", debug.Stack()).Msg("worker panic while processing a job")
@@ -287,7 +297,7 @@ func (p *Pool) finish(ctx context.Context, j *job, l *lease, res messages.Result
 func (p *Pool) succeed(ctx context.Context, j *job, res messages.Result) (published bool, err error) {
 	r := p.envelope(j, res, messages.OutcomeSuccess)
 	r.ErrorCode, r.Error = "", ""
-	if err := p.pub.Result(ctx, &r); err != nil {
+	if err := p.publishResult(ctx, j, &r); err != nil {
 		if publisher.IsInvalid(err) { // validated before any publish
 			j.log.Error().Err(err).Msg("handler returned an invalid result")
 			p.failFinal(ctx, j, messages.Result{}, &CodedError{Code: CodeBadResult, Err: fmt.Errorf("handler result: %w", err)}, noDeadLetter, j.msg.Term)
@@ -365,13 +375,14 @@ func (p *Pool) failFinal(ctx context.Context, j *job, res messages.Result, herr 
 			j.settle("nak (dead letter)", j.msg.Nak)
 			return
 		}
+		p.metrics().DeadLetter(metrics.DeadLetterMaxDeliver)
 	}
-	if err := p.pub.Result(ctx, &r); err != nil {
+	if err := p.publishResult(ctx, j, &r); err != nil {
 		if publisher.IsInvalid(err) {
 			// The handler's extra fields made it invalid: publish the bare failure.
 			r = p.envelope(j, messages.Result{RequestState: r.RequestState, ComputerState: r.ComputerState}, messages.OutcomeFailed)
 			r.ErrorCode, r.Error = code, messages.CleanText(herr.Error(), messages.MaxInfoLen)
-			err = p.pub.Result(ctx, &r)
+			err = p.publishResult(ctx, j, &r)
 		}
 		if err != nil {
 			j.log.Error().Err(err).Msg("publish failed result: handing the request back")
@@ -395,8 +406,9 @@ func (p *Pool) reject(j *job, reason error) {
 		j.settle("nak", func() error { return j.msg.NakWithDelay(p.retryDelay(j.delivery)) })
 		return
 	}
+	p.metrics().DeadLetter(metrics.DeadLetterRejected)
 	r := p.rejected(hint, j.seq, j.delivery, text)
-	if err := p.pub.Result(ctx, &r); err != nil {
+	if err := p.publishResult(ctx, j, &r); err != nil {
 		j.log.Error().Err(err).Msg("publish rejected result failed: handing the request back")
 		j.settle("nak", func() error { return j.msg.NakWithDelay(p.retryDelay(j.delivery)) })
 		return
@@ -490,6 +502,7 @@ func (e *jobEvents) LoadlogBatch(ctx context.Context, evs []StepEvent) error {
 	if err := e.p.pub.LoadlogBatch(ctx, ls); err != nil {
 		return fmt.Errorf("reservation %d: %d loadlog events: %w", e.j.req.Reservation.ID, len(ls), err)
 	}
+	e.observeSteps(evs...)
 	return nil
 }
 
@@ -501,6 +514,7 @@ func (e *jobEvents) Loadlog(ctx context.Context, ev StepEvent) error {
 	if err := e.p.pub.Loadlog(ctx, l); err != nil {
 		return fmt.Errorf("reservation %d: loadlog %s %s: %w", l.ReservationID, l.Name, l.Phase, err)
 	}
+	e.observeSteps(ev)
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/vclq/vclq/internal/wait"
 	"github.com/vclq/vclq/messages"
+	"github.com/vclq/vclq/metrics"
 )
 
 // LeaseValue is the JSON value of a slot lease key in vclq_slots.
@@ -195,6 +196,7 @@ func (p *Pool) keepLease(l *lease, j *job, cancel context.CancelCauseFunc) {
 			l.rev.Store(ack.Sequence)
 			l.validUntil.Store(int64(sent + p.cfg.LeaseTTL))
 			lastOK = time.Now()
+			p.metrics().LeaseRenewed()
 			continue
 		}
 		if isWrongLastSeq(err) {
@@ -203,11 +205,15 @@ func (p *Pool) keepLease(l *lease, j *job, cancel context.CancelCauseFunc) {
 				// holds this job's own value, so the lease is ours at that revision.
 				j.log.Warn().Str("slot", l.key).Uint64("revision", rev).Msg("lease renewal reply was lost; adopting the stored revision")
 				l.rev.Store(rev)
+				p.metrics().LeaseRenewed()
 				continue
 			}
 		}
+		p.metrics().LeaseRenewalFailed()
 		if isWrongLastSeq(err) || time.Since(lastOK)+every >= p.cfg.LeaseTTL {
-			l.lost.Store(true)
+			if !l.lost.Swap(true) {
+				p.metrics().LeaseLost(metrics.LeaseLostRenewal)
+			}
 			j.log.Error().Err(err).Str("slot", l.key).Uint64("fence", l.fence).Msg("slot lease lost: cancelling the job")
 			cancel(ErrLeaseLost)
 			return

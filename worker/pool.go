@@ -45,6 +45,9 @@ type Pool struct {
 	// for admission with one write instead of a read and a write.
 	records sync.Map
 
+	// ready is what the health checks report (metrics.go).
+	ready readiness
+
 	mu       sync.Mutex
 	active   map[*job]struct{}
 	draining bool
@@ -77,6 +80,7 @@ func New(js jetstream.JetStream, nc *nats.Conn, h Handler, cfg Config, log zerol
 		active:   map[*job]struct{}{},
 	}
 	p.jobsCtx, p.jobsCancel = context.WithCancelCause(context.Background())
+	p.metrics().SetSlots(cfg.Concurrency)
 	return p, nil
 }
 
@@ -113,6 +117,10 @@ func (p *Pool) Run(ctx context.Context) error {
 	var bgWG sync.WaitGroup
 	bgWG.Add(1)
 	go func() { defer bgWG.Done(); p.heartbeat(bg) }()
+	if p.cfg.Metrics != nil {
+		bgWG.Add(1)
+		go func() { defer bgWG.Done(); p.refreshQueueInfo(bg) }()
+	}
 	if !p.cfg.DisableSweeper {
 		bgWG.Add(1)
 		go func() { defer bgWG.Done(); p.sweep(ctx) }()
@@ -184,6 +192,7 @@ func (p *Pool) setup(ctx context.Context) error {
 	if p.registry, err = p.js.KeyValue(sctx, messages.BucketWorkers); err != nil {
 		return fmt.Errorf("worker %s: bucket %s: %w", p.cfg.ID, messages.BucketWorkers, err)
 	}
+	p.ready.bound.Store(true)
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vclq/vclq/messages"
+	"github.com/vclq/vclq/metrics"
 )
 
 // Per-slot ordering.
@@ -417,6 +418,7 @@ func (p *Pool) guard(ctx context.Context, j *job, l *lease) error {
 		return nil
 	case err == nil || errors.Is(err, jetstream.ErrMsgNotFound):
 		if !l.lost.Swap(true) {
+			p.metrics().LeaseLost(metrics.LeaseLostGuard)
 			j.log.Error().Str("slot", l.key).Uint64("fence", l.fence).Msg("slot lease lost (found at a step's guard): stopping the job")
 		}
 		if j.cancel != nil {
@@ -447,12 +449,15 @@ func (p *Pool) finishUnadmitted(ctx context.Context, j *job, l *lease, a admissi
 			j.delivery, j.seq, a.result.Outcome, a.result.Worker)
 		j.log.Warn().Uint64("slot_seq", a.served.Seq).Msg(info)
 		p.noteStale(sctx, j, info)
+		p.metrics().Stale()
+		j.outcome = metrics.JobStale
 		j.settle("ack (stale)", j.ack(sctx))
 	case a.verdict == admitSuperseded:
 		info := fmt.Sprintf("stale delivery %d of request seq %d: the slot has since served request seq %d (reservation %d, %s, by %s); nothing done",
 			j.delivery, j.seq, a.served.Seq, a.served.Reservation, a.served.Kind, a.served.Worker)
 		j.log.Warn().Uint64("slot_seq", a.served.Seq).Msg(info)
 		p.noteStale(sctx, j, info)
+		p.metrics().Superseded()
 		p.failFinal(sctx, j, messages.Result{}, &CodedError{Code: CodeSuperseded, Err: fmt.Errorf("%w: slot %s has served request seq %d (reservation %d)",
 			ErrSuperseded, j.req.Computer.ShortName, a.served.Seq, a.served.Reservation)}, noDeadLetter, j.ack(sctx))
 	}

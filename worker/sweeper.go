@@ -12,6 +12,7 @@ import (
 
 	"github.com/vclq/vclq/internal/wait"
 	"github.com/vclq/vclq/messages"
+	"github.com/vclq/vclq/metrics"
 	"github.com/vclq/vclq/publisher"
 )
 
@@ -136,9 +137,11 @@ func (p *Pool) sweepOne(ctx context.Context, m jetstream.Msg) error {
 	if err := p.pub.DeadLetter(ctx, dl); err != nil {
 		return err
 	}
+	p.metrics().DeadLetter(metrics.DeadLetterSwept)
 	if err := p.pub.Result(ctx, &r); err != nil {
 		return err
 	}
+	p.metrics().Result(r.Kind, r.Outcome)
 	if err := p.requests.DeleteMsg(ctx, a.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("delete request %d: %w", a.StreamSeq, err)
 	}

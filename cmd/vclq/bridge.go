@@ -32,6 +32,7 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 		noEnsure bool
 		replicas int
 		startup  time.Duration
+		metAddr  = os.Getenv("VCLQ_METRICS_ADDR")
 	)
 	fs := flagSet(e, "bridge", "--mysql DSN --management-node ID[,ID] [--seal-key FILE] [flags]")
 	nc.RegisterFlags(fs)
@@ -45,6 +46,7 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 	fs.StringVar(&keygen, "seal-keygen", "", "write a new private seal key to this file (mode 0600) and its public key to FILE.pub (the workers' flow.seal_public_key_file), print the public key, and exit")
 	fs.BoolVar(&noEnsure, "no-ensure", false, "do not create missing streams, consumers and buckets at start")
 	fs.IntVar(&replicas, "replicas", 0, "replicas of streams and buckets created at start if missing (default 1; existing ones are left as they are: vclq nats init changes them)")
+	fs.StringVar(&metAddr, "metrics-addr", metAddr, "serve /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9465 ($VCLQ_METRICS_ADDR; default off)")
 	fs.DurationVar(&startup, "startup-timeout", 2*time.Minute, "how long start-up waits for the database and for NATS before it exits (the service manager restarts it)")
 	if code, ok := parse(fs, args); !ok {
 		return code
@@ -101,6 +103,15 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 		nc.Name = "vclq-bridge"
 	}
 	log := e.log.With().Str("component", "bridge").Logger()
+	tel := newTelemetry(metAddr, log)
+	if cfg.Metrics, err = tel.bridge(); err == nil {
+		err = tel.start(ctx)
+	}
+	if err != nil {
+		fmt.Fprintln(e.stderr, "vclq bridge:", err)
+		return exitFailure
+	}
+	defer tel.close()
 	// The database login first: a bridge that cannot work must not touch NATS.
 	if err := waitForDatabase(ctx, db, startup, log.With().Str("mysql", bridge.RedactDSN(dsn)).Logger()); err != nil {
 		if ctx.Err() != nil {
@@ -154,6 +165,7 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintln(e.stderr, "vclq bridge:", err)
 		return exitFailure
 	}
+	tel.setChecks(b.HealthChecks())
 	log.Info().Str("mysql", bridge.RedactDSN(dsn)).Ints64("management_nodes", cfg.ManagementNodes).
 		Dur("interval", cfg.Interval).Bool("seal_key", cfg.SealKey != nil).Msg("bridge started")
 	if err := b.Run(ctx); err != nil {

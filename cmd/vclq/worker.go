@@ -47,6 +47,9 @@ type workerConfig struct {
 	Replicas int `json:"replicas,omitempty"`
 	// NoEnsure skips creating missing streams, consumers and buckets at start.
 	NoEnsure bool `json:"no_ensure,omitempty"`
+	// MetricsAddr serves /metrics, /healthz and /readyz (e.g. "127.0.0.1:9464").
+	// default: off.
+	MetricsAddr string `json:"metrics_addr,omitempty"`
 }
 
 // duration reads "30s" in JSON.
@@ -99,6 +102,7 @@ func loadWorkerConfig(args []string) (workerConfig, error) {
 		"VCLQ_MAX_DELIVER":    func(v string) (err error) { c.MaxDeliver, err = strconv.Atoi(v); return },
 		"VCLQ_SHUTDOWN_GRACE": envDuration(&c.ShutdownGrace),
 		"VCLQ_HANDLER":        func(v string) error { c.Handler = v; return nil },
+		"VCLQ_METRICS_ADDR":   func(v string) error { c.MetricsAddr = v; return nil },
 	} {
 		if v, ok := os.LookupEnv(name); ok {
 			if err := set(v); err != nil {
@@ -164,6 +168,7 @@ func (c *workerConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Handler, "handler", c.Handler, "job handler: flow (VCL's flows on ESX; needs the file's flow section) or sim:<spec> (simulated jobs for tests and demos: no VM is touched) ($VCLQ_HANDLER; default: flow when the file has a flow section; without one a sim:<spec> handler must be given)")
 	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "replicas of streams and buckets created at start if missing (default 1; existing ones are left as they are: vclq nats init changes them)")
 	fs.BoolVar(&c.NoEnsure, "no-ensure", c.NoEnsure, "do not create missing streams, consumers and buckets at start")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "serve /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9464 ($VCLQ_METRICS_ADDR; default off)")
 }
 
 func (c workerConfig) pool() worker.Config {
@@ -231,6 +236,16 @@ func runWorker(ctx context.Context, e *env, args []string) int {
 	if c.Handler != "flow" {
 		e.log.Warn().Str("handler", c.Handler).Msg("worker: simulated handler: requests get simulated results and no VM is touched (every job's loadlog says so); never point this worker at a real site")
 	}
+	tel := newTelemetry(c.MetricsAddr, e.log)
+	wm, err := tel.worker()
+	if err == nil {
+		err = tel.start(ctx)
+	}
+	if err != nil {
+		fmt.Fprintln(e.stderr, "vclq worker:", err)
+		return exitFailure
+	}
+	defer tel.close()
 	if c.NATS.Name == "" {
 		c.NATS.Name = "vclq-worker"
 	}
@@ -259,16 +274,22 @@ func runWorker(ctx context.Context, e *env, args []string) int {
 		} else {
 			c.Flow.HostKeyStore = store
 		}
+		if wm != nil {
+			c.Flow.HostObserver = wm
+		}
 		if h, closeHosts, err = c.Flow.Build(e.log); err != nil {
 			fmt.Fprintln(e.stderr, "vclq worker:", err)
 			return exitUsage
 		}
 	}
-	p, err := worker.New(js, nc, h, c.pool(), e.log)
+	pc := c.pool()
+	pc.Metrics = wm
+	p, err := worker.New(js, nc, h, pc, e.log)
 	if err != nil {
 		fmt.Fprintln(e.stderr, "vclq worker:", err)
 		return exitUsage
 	}
+	tel.setChecks(p.HealthChecks())
 	p.Publisher().WatchAsyncErrors(nc)
 	if err := p.Run(ctx); err != nil {
 		e.log.Error().Err(err).Msg("worker")
