@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vclq/vclq/internal/wait"
 	"github.com/vclq/vclq/messages"
 )
 
@@ -82,7 +83,11 @@ func Read(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Event) 
 	if f.IdleTimeout <= 0 {
 		f.IdleTimeout = 5 * time.Second
 	}
-	stream, err := js.Stream(ctx, messages.StreamEvents)
+	var stream jetstream.Stream
+	err = settling(ctx, func(ctx context.Context) (err error) {
+		stream, err = js.Stream(ctx, messages.StreamEvents)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("event stream %s: %w", messages.StreamEvents, err)
 	}
@@ -101,12 +106,20 @@ func Read(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Event) 
 		}
 		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
 	}
-	cons, err := stream.OrderedConsumer(ctx, occ)
+	var cons jetstream.Consumer
+	err = settling(ctx, func(ctx context.Context) (err error) {
+		cons, err = stream.OrderedConsumer(ctx, occ)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("read %s: %w", subject, err)
 	}
 	if !f.Follow {
-		info, err := cons.Info(ctx)
+		var info *jetstream.ConsumerInfo
+		err := settling(ctx, func(ctx context.Context) (err error) {
+			info, err = cons.Info(ctx)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("read %s: %w", subject, err)
 		}
@@ -156,6 +169,22 @@ func Read(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Event) 
 			return nil
 		}
 	}
+}
+
+// settleBudget bounds the retries of a call that meets a cluster still settling.
+const settleBudget = 15 * time.Second
+
+// settling retries op while it fails with no responders or a timeout, as a request to
+// a consumer that was just created on another server of a cluster, or during an
+// election, does; other errors end it at once.
+func settling(ctx context.Context, op func(ctx context.Context) error) error {
+	return wait.Retry(ctx, settleBudget, 100*time.Millisecond, func(ctx context.Context) error {
+		err := op(ctx)
+		if err != nil && !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+			return wait.Permanent(err)
+		}
+		return err
+	}, wait.Backoff(2*time.Second), wait.Jitter(0.2))
 }
 
 // Decode turns a stored payload into an Event by its subject.

@@ -31,6 +31,7 @@ const (
 const (
 	DeadLetterRejected   = "rejected"    // an invalid request
 	DeadLetterMaxDeliver = "max_deliver" // the final delivery failed
+	DeadLetterPermanent  = "permanent"   // a permanent failure (never retried)
 	DeadLetterSwept      = "swept"       // moved by the sweeper after a max-deliveries advisory
 )
 
@@ -118,7 +119,7 @@ func NewWorker(reg prometheus.Registerer) (*Worker, error) {
 	for _, at := range []string{LeaseLostRenewal, LeaseLostGuard} {
 		m.leaseLosses.WithLabelValues(at)
 	}
-	for _, r := range []string{DeadLetterRejected, DeadLetterMaxDeliver, DeadLetterSwept} {
+	for _, r := range []string{DeadLetterRejected, DeadLetterMaxDeliver, DeadLetterPermanent, DeadLetterSwept} {
 		m.deadLetters.WithLabelValues(r)
 	}
 	return m, nil
@@ -236,7 +237,7 @@ func (m *Worker) LeaseLost(at string) {
 // DeadLetter counts a dead letter stored, with its reason (DeadLetter*).
 func (m *Worker) DeadLetter(reason string) {
 	if m != nil {
-		m.deadLetters.WithLabelValues(oneOf(reason, DeadLetterRejected, DeadLetterMaxDeliver, DeadLetterSwept)).Inc()
+		m.deadLetters.WithLabelValues(oneOf(reason, DeadLetterRejected, DeadLetterMaxDeliver, DeadLetterPermanent, DeadLetterSwept)).Inc()
 	}
 }
 

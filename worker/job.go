@@ -375,7 +375,11 @@ func (p *Pool) failFinal(ctx context.Context, j *job, res messages.Result, herr 
 			j.settle("nak (dead letter)", j.msg.Nak)
 			return
 		}
-		p.metrics().DeadLetter(metrics.DeadLetterMaxDeliver)
+		reason := metrics.DeadLetterMaxDeliver
+		if why == deadLetterPermanent {
+			reason = metrics.DeadLetterPermanent
+		}
+		p.metrics().DeadLetter(reason)
 	}
 	if err := p.publishResult(ctx, j, &r); err != nil {
 		if publisher.IsInvalid(err) {

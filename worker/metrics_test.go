@@ -62,7 +62,7 @@ func workerLabels(hosts ...string) map[string]func(string) bool {
 		"kind":    promtest.OneOf(kinds...),
 		"outcome": promtest.OneOf(metrics.JobSuccess, metrics.JobFailed, metrics.JobRejected, metrics.JobStale, metrics.JobHandedBack, metrics.StepSuccess, metrics.StepFailed, metrics.Other),
 		"step":    func(v string) bool { return v == metrics.Other || messages.ValidLoadstateName(v) },
-		"reason":  promtest.OneOf(metrics.DeadLetterRejected, metrics.DeadLetterMaxDeliver, metrics.DeadLetterSwept),
+		"reason":  promtest.OneOf(metrics.DeadLetterRejected, metrics.DeadLetterMaxDeliver, metrics.DeadLetterPermanent, metrics.DeadLetterSwept),
 		"at":      promtest.OneOf(metrics.LeaseLostRenewal, metrics.LeaseLostGuard),
 		"host":    promtest.OneOf(hosts...),
 	}
@@ -143,6 +143,7 @@ func TestMetricsMoveWithTheWork(t *testing.T) {
 		{"step_duration count{new,statuscheck,success}", float64(f.Count("vclq_worker_step_duration_seconds", "kind", "new", "step", "statuscheck", "outcome", "success")), good},
 		{"redeliveries_total", f.Value("vclq_worker_redeliveries_total"), 2},
 		{"dead_letters_total{max_deliver}", f.Value("vclq_worker_dead_letters_total", "reason", "max_deliver"), 1},
+		{"dead_letters_total{permanent}", f.Value("vclq_worker_dead_letters_total", "reason", "permanent"), 1},
 		{"dead_letters_total{rejected}", f.Value("vclq_worker_dead_letters_total", "reason", "rejected"), 1},
 		{"lease_losses_total", f.Value("vclq_worker_lease_losses_total"), 0},
 		{"stale_deliveries_total", f.Value("vclq_worker_stale_deliveries_total"), 0},
