@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -479,6 +480,47 @@ func TestProductionNatsSite(t *testing.T) {
 		t.Errorf("dlq replay as admin: exit %d\n%s\n%s", code, out, errOut)
 	}
 	t.Logf("%d refusals asserted", s.attempts)
+
+	t.Run("backup and restore as admin", func(t *testing.T) { s.backupRestore(t) })
+}
+
+// backupRestore backs the dead-letter stream up with the nats CLI as admin, deletes
+// it and restores it (docs/deploy.md, "Backup and restore").
+func (s *natsSite) backupRestore(t *testing.T) {
+	bin := natsCLIPath(t)
+	_, js, errs := s.connect(t, "admin")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	msgs := func() uint64 {
+		st, err := js.Stream(ctx, messages.StreamDeadLetters)
+		if err != nil {
+			t.Fatalf("stream %s: %v", messages.StreamDeadLetters, err)
+		}
+		return st.CachedInfo().State.Msgs
+	}
+	before := msgs()
+	natsCLI := func(args ...string) {
+		t.Helper()
+		full := append([]string{"--no-context", "--server", s.urls, "--nkey", s.seeds["admin"], "--tlscert", s.cert, "--tlskey", s.key,
+			"--tlsca", s.ca, "--inbox-prefix", "_INBOX_admin", "--timeout", "10s"}, args...)
+		out, err := exec.CommandContext(ctx, bin, full...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("nats %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	dir := filepath.Join(t.TempDir(), "dlq-backup")
+	natsCLI("backup", "stream", messages.StreamDeadLetters, dir)
+	if err := js.DeleteStream(ctx, messages.StreamDeadLetters); err != nil {
+		t.Fatal(err)
+	}
+	natsCLI("backup", "restore", "stream", dir)
+	if after := msgs(); after != before || before == 0 {
+		t.Errorf("dead letters: %d before the backup, %d after the restore", before, after)
+	}
+	if e := errs.all(); len(e) > 0 {
+		t.Errorf("admin connection errors: %q", e)
+	}
+	t.Logf("nats backup stream / backup restore stream %s as admin: %d messages back", messages.StreamDeadLetters, before)
 }
 
 func (s *natsSite) workerRefusals(t *testing.T) {
