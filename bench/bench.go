@@ -57,7 +57,12 @@ func startJetStream(ctx context.Context, name string, o streams.Options) (*jetSt
 		return nil, err
 	}
 	j := &jetStream{dir: dir}
-	if j.server, err = natsembed.Start(natsembed.Options{StoreDir: dir}); err != nil {
+	so := natsembed.Options{StoreDir: dir}
+	if so.SyncInterval, so.SyncAlways, err = syncSetting(); err != nil {
+		j.close()
+		return nil, err
+	}
+	if j.server, err = natsembed.Start(so); err != nil {
 		j.close()
 		return nil, err
 	}
@@ -74,6 +79,31 @@ func startJetStream(ctx context.Context, name string, o streams.Options) (*jetSt
 		return nil, err
 	}
 	return j, nil
+}
+
+// syncSetting reads $VCLQ_BENCH_SYNC, the embedded server's jetstream.sync_interval:
+// "always" (fsync before every ack) or a duration; unset: the server's default (2m).
+func syncSetting() (time.Duration, bool, error) {
+	v := os.Getenv("VCLQ_BENCH_SYNC")
+	switch v {
+	case "":
+		return 0, false, nil
+	case "always":
+		return 0, true, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, false, fmt.Errorf("VCLQ_BENCH_SYNC=%q: want always or a positive duration", v)
+	}
+	return d, false, nil
+}
+
+// syncLabel names the sync setting the suites run with.
+func syncLabel() string {
+	if v := os.Getenv("VCLQ_BENCH_SYNC"); v != "" {
+		return "sync_interval " + v
+	}
+	return "sync_interval default (2m)"
 }
 
 func (j *jetStream) close() {

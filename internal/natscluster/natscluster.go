@@ -59,6 +59,20 @@ type Options struct {
 	WaitTimeout time.Duration
 	// Debug turns on the servers' own logging to stderr.
 	Debug bool
+	// ServerOptions, when set, builds server i's options in place of the harness's
+	// own: from a configuration file (server.ProcessConfigFile) with the given ports
+	// substituted, say. It gets the ports the harness chose (kept across restarts) and
+	// is called for every (re)start; the harness then sets NoSigs, and NoLog unless
+	// Debug. Name and StoreDir then report the harness's defaults, not the
+	// configuration's, and leader lookups (StreamLeader, ConsumerLeader) assume the
+	// global account: with configured accounts, use the servers' own calls.
+	ServerOptions func(i int, ports Ports) (*server.Options, error)
+}
+
+// Ports are the loopback ports of the servers, by index.
+type Ports struct {
+	Client []int
+	Route  []int
 }
 
 func (o Options) withDefaults() Options {
@@ -168,6 +182,13 @@ func (c *Cluster) serverOptions(i int) *server.Options {
 // startServer starts server i and waits until it accepts clients.
 func (c *Cluster) startServer(i int) (*server.Server, error) {
 	o := c.serverOptions(i)
+	if c.opts.ServerOptions != nil {
+		var err error
+		if o, err = c.opts.ServerOptions(i, Ports{Client: c.clientPorts, Route: c.routePorts}); err != nil {
+			return nil, fmt.Errorf("natscluster: options of server %d: %w", i, err)
+		}
+		o.NoSigs, o.NoLog = true, !c.opts.Debug
+	}
 	if err := os.MkdirAll(o.StoreDir, 0o700); err != nil {
 		return nil, fmt.Errorf("natscluster: store of %s: %w", o.ServerName, err)
 	}

@@ -32,14 +32,20 @@ type Config struct {
 	TLSKey  string `json:"tls_key,omitempty"`
 	// TLSCA verifies the server. Optional.
 	TLSCA string `json:"tls_ca,omitempty"`
+	// InboxPrefix replaces "_INBOX" in the connection's reply subjects (request
+	// replies, PubAcks, pull deliveries), so that the server can let each user
+	// subscribe to its own inboxes only (deployments/nats: _INBOX_worker, ...).
+	// default: $NATS_INBOX_PREFIX, else "_INBOX".
+	InboxPrefix string `json:"inbox_prefix,omitempty"`
 	// Name of the connection, shown by the server. default: vclq.
 	Name string `json:"name,omitempty"`
 	// ConnectTimeout bounds the first connection. default: 5s.
 	ConnectTimeout time.Duration `json:"connect_timeout,omitempty"`
 }
 
-// RegisterFlags adds --nats, --creds, --nkey, --tls-cert, --tls-key, --tls-ca to fs,
-// defaulting from the environment (NATS_URL, NATS_CREDS, NATS_NKEY).
+// RegisterFlags adds --nats, --creds, --nkey, --tls-cert, --tls-key, --tls-ca and
+// --inbox-prefix to fs, defaulting from the environment (NATS_URL, NATS_CREDS,
+// NATS_NKEY, NATS_INBOX_PREFIX).
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.URL, "nats", envOr("NATS_URL", c.URL, DefaultURL), "NATS server URL(s), comma separated ($NATS_URL)")
 	fs.StringVar(&c.Creds, "creds", envOr("NATS_CREDS", c.Creds, ""), "NATS credentials file ($NATS_CREDS)")
@@ -47,6 +53,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "client TLS certificate")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "client TLS key")
 	fs.StringVar(&c.TLSCA, "tls-ca", c.TLSCA, "CA that signs the server's certificate")
+	fs.StringVar(&c.InboxPrefix, "inbox-prefix", envOr("NATS_INBOX_PREFIX", c.InboxPrefix, ""), "prefix of reply subjects instead of _INBOX, e.g. _INBOX_worker ($NATS_INBOX_PREFIX)")
 }
 
 func envOr(name, current, def string) string {
@@ -110,6 +117,9 @@ func Connect(c Config, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, err
 	}
 	if c.TLSCA != "" {
 		opts = append(opts, nats.RootCAs(c.TLSCA))
+	}
+	if c.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(c.InboxPrefix))
 	}
 	nc, err := nats.Connect(c.URL, opts...)
 	if err != nil {

@@ -26,6 +26,11 @@ type Options struct {
 	ReadyTimeout time.Duration
 	// Debug turns on the server's own logging to stderr.
 	Debug bool
+	// SyncInterval is how often JetStream fsyncs its files (jetstream.sync_interval).
+	// default: the server's, 2 minutes.
+	SyncInterval time.Duration
+	// SyncAlways fsyncs every write before it is acknowledged (sync_interval: always).
+	SyncAlways bool
 }
 
 // Server is a running embedded nats-server.
@@ -54,14 +59,16 @@ func Start(o Options) (*Server, error) {
 		return nil, fmt.Errorf("natsembed: store dir: %w", err)
 	}
 	ns, err := server.NewServer(&server.Options{
-		ServerName: o.ServerName,
-		Host:       o.Host,
-		Port:       o.Port,
-		JetStream:  true,
-		StoreDir:   o.StoreDir,
-		NoSigs:     true,
-		NoLog:      !o.Debug,
-		MaxPayload: 1 << 20,
+		ServerName:   o.ServerName,
+		Host:         o.Host,
+		Port:         o.Port,
+		JetStream:    true,
+		StoreDir:     o.StoreDir,
+		NoSigs:       true,
+		NoLog:        !o.Debug,
+		MaxPayload:   1 << 20,
+		SyncInterval: o.SyncInterval,
+		SyncAlways:   o.SyncAlways,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("natsembed: %w", err)
