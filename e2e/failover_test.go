@@ -50,61 +50,12 @@ func TestClusterFailoverLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	dir := t.TempDir()
-	journal := filepath.Join(dir, "journal")
-	for i := range 3 {
-		cmd := exec.Command(vclqBin, "worker", "--nats", c.URLs(), "--id", fmt.Sprintf("fo-%d", i), "--concurrency", "4",
-			"--handler", "sim:work=300ms..900ms,journal="+journal, "--lease-ttl", leaseTTL.String(),
-			"--ack-wait", ackWait.String(), "--max-deliver", "10", "--replicas", "3", "--heartbeat", "1s")
-		cmd.Env = append(os.Environ(), "VCLQ_LOG_LEVEL=warn")
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	}
+	journal := filepath.Join(t.TempDir(), "journal")
+	startSimWorkers(t, c.URLs(), 3, journal, "--lease-ttl", leaseTTL.String(), "--ack-wait", ackWait.String(), "--max-deliver", "10", "--replicas", "3")
+	waitWorkers(t, ctx, js, 3)
 
-	registry, err := js.KeyValue(ctx, messages.BucketWorkers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		keys, _ := registry.Keys(ctx)
-		if len(keys) == 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of 3 workers registered within 30 s", len(keys))
-		}
-	}
-
-	// 100 reservations, published over the run (a publish during an election is
-	// retried with the same Nats-Msg-Id, so it is stored once).
-	const n = 100
-	seqs := map[int64]uint64{}
-	published := make(chan struct{})
-	go func() {
-		defer close(published)
-		for i := range n {
-			r := simhandler.Request(messages.KindNew, int64(20_000+i), int64(1+i%12))
-			data, _ := json.Marshal(r)
-			for try := 0; ; try++ {
-				pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
-				ack, err := js.Publish(pctx, r.Kind.Subject(), data, jetstream.WithMsgID(r.MsgID()))
-				pcancel()
-				if err == nil {
-					seqs[r.Reservation.ID] = ack.Sequence
-					break
-				}
-				if try > 60 || ctx.Err() != nil {
-					t.Errorf("publish reservation %d: %v", r.Reservation.ID, err)
-					return
-				}
-				time.Sleep(250 * time.Millisecond)
-			}
-			time.Sleep(150 * time.Millisecond)
-		}
-	}()
+	// 100 reservations, published over the run.
+	seqs, published := publishSim(t, ctx, js, 100, 20_000)
 
 	// Kill each leader in turn and restart it.
 	leaders := []struct {
@@ -138,8 +89,84 @@ func TestClusterFailoverLosesNothing(t *testing.T) {
 		return
 	}
 
-	// Every reservation: exactly one result, each with its step's begin and end
-	// events when it succeeded.
+	checkSimRun(t, ctx, js, seqs, journal)
+}
+
+// checkSimRun waits (bounded) until every reservation of seqs has a result and checks
+// the run of simulated jobs: exactly one result each, its step's begin and end events
+// when it succeeded, no step begun after the result, and in the handlers' journal no
+// reservation that ran to its end twice and no two jobs on one slot at once.
+// startSimWorkers runs n `vclq worker` processes with the simulated handler writing
+// to journal, until the test ends; it returns them.
+func startSimWorkers(t *testing.T, urls string, n int, journal string, args ...string) []*exec.Cmd {
+	t.Helper()
+	var cmds []*exec.Cmd
+	for i := range n {
+		cmd := exec.Command(vclqBin, append([]string{"worker", "--nats", urls, "--id", fmt.Sprintf("sim%d-%d", i, time.Now().UnixNano()), "--concurrency", "4",
+			"--handler", "sim:work=300ms..900ms,journal=" + journal, "--heartbeat", "1s"}, args...)...)
+		cmd.Env = append(os.Environ(), "VCLQ_LOG_LEVEL=warn")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		cmds = append(cmds, cmd)
+	}
+	return cmds
+}
+
+// waitWorkers waits until n workers are in the registry.
+func waitWorkers(t *testing.T, ctx context.Context, js jetstream.JetStream, n int) {
+	t.Helper()
+	registry, err := js.KeyValue(ctx, messages.BucketWorkers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		keys, _ := registry.Keys(ctx)
+		if len(keys) >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d workers registered within 30 s", len(keys), n)
+		}
+	}
+}
+
+// publishSim publishes n simulated `new` requests over 12 slots, one every 150 ms; a
+// publish that fails (an election) is retried with the same Nats-Msg-Id, so it is
+// stored once. The map (reservation → stream sequence) is complete when done closes.
+func publishSim(t *testing.T, ctx context.Context, js jetstream.JetStream, n int, base int64) (map[int64]uint64, <-chan struct{}) {
+	seqs := map[int64]uint64{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range n {
+			r := simhandler.Request(messages.KindNew, base+int64(i), int64(1+i%12))
+			data, _ := json.Marshal(r)
+			for try := 0; ; try++ {
+				pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+				ack, err := js.Publish(pctx, r.Kind.Subject(), data, jetstream.WithMsgID(r.MsgID()))
+				pcancel()
+				if err == nil {
+					seqs[r.Reservation.ID] = ack.Sequence
+					break
+				}
+				if try > 60 || ctx.Err() != nil {
+					t.Errorf("publish reservation %d: %v", r.Reservation.ID, err)
+					return
+				}
+				time.Sleep(250 * time.Millisecond)
+			}
+			time.Sleep(150 * time.Millisecond)
+		}
+	}()
+	return seqs, done
+}
+
+func checkSimRun(t *testing.T, ctx context.Context, js jetstream.JetStream, seqs map[int64]uint64, journal string) {
+	t.Helper()
+	n := len(seqs)
 	type seen struct {
 		results       []*messages.Result
 		begins, ends  int
@@ -159,7 +186,7 @@ func TestClusterFailoverLosesNothing(t *testing.T) {
 			switch {
 			case ev.Loadlog != nil:
 				s := got[ev.Loadlog.ReservationID]
-				if s == nil || ev.Loadlog.RequestSeq != seqs[ev.Loadlog.ReservationID] {
+				if s == nil || ev.Loadlog.RequestSeq != seqs[ev.Loadlog.ReservationID] || ev.Loadlog.Name != messages.LoadStatusCheck {
 					return nil
 				}
 				switch ev.Loadlog.Phase {
@@ -180,7 +207,7 @@ func TestClusterFailoverLosesNothing(t *testing.T) {
 		})
 		rcancel()
 		if err != nil {
-			// The cluster may still be settling after the last restart.
+			// A cluster may still be settling after a restart.
 			if time.Now().After(deadline) {
 				t.Fatal(err)
 			}
