@@ -52,6 +52,12 @@ type jetStream struct {
 // startJetStream starts a server in a new temporary directory and ensures the streams
 // with o. close stops everything and removes the directory.
 func startJetStream(ctx context.Context, name string, o streams.Options) (*jetStream, error) {
+	return startJetStreamSync(ctx, name, o, false)
+}
+
+// startJetStreamSync is startJetStream; syncAlways fsyncs every write before its ack
+// (sync_interval: always) whatever $VCLQ_BENCH_SYNC says.
+func startJetStreamSync(ctx context.Context, name string, o streams.Options, syncAlways bool) (*jetStream, error) {
 	dir, err := os.MkdirTemp("", "vclq-bench-"+name+"-")
 	if err != nil {
 		return nil, err
@@ -61,6 +67,9 @@ func startJetStream(ctx context.Context, name string, o streams.Options) (*jetSt
 	if so.SyncInterval, so.SyncAlways, err = syncSetting(); err != nil {
 		j.close()
 		return nil, err
+	}
+	if syncAlways {
+		so.SyncInterval, so.SyncAlways = 0, true
 	}
 	if j.server, err = natsembed.Start(so); err != nil {
 		j.close()
