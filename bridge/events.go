@@ -98,6 +98,11 @@ func (b *Bridge) eventLoop(ctx context.Context) error {
 			return err
 		case err != nil && ctx.Err() != nil:
 			return nil
+		case fatal(err) != nil:
+			for _, m := range msgs {
+				_ = m.Nak() // for a bridge that can apply it
+			}
+			return fmt.Errorf("apply events: %w", fatal(err))
 		case err != nil:
 			d := bo.next()
 			b.log.Warn().Err(err).Int("events", len(msgs)).Dur("retry_in", d).Msg("bridge could not apply events; they will be redelivered")
