@@ -73,9 +73,9 @@ var Grants = []Grant{
 	{"INSERT", "reservation", "requestid"},
 	{"UPDATE", "reservation", "lastcheck"}, // lastcheck, pw
 	{"UPDATE", "computer", "stateid"},
-	{"UPDATE", "image", "size"},                // capture: size, name, deleted, lastupdate
-	{"INSERT", "imagerevision", "imageid"},     // capture: a revision the web did not create
-	{"UPDATE", "imagerevision", "deleted"},     // capture: deleted, datecreated
+	{"UPDATE", "image", "size"},            // capture: size, name, deleted, lastupdate
+	{"INSERT", "imagerevision", "imageid"}, // capture: a revision the web did not create
+	{"UPDATE", "imagerevision", "deleted"}, // capture: deleted, datecreated
 	{"UPDATE", "managementnode", "lastcheckin"},
 	{"INSERT", "computerloadlog", "reservationid"},
 	{"INSERT", "reservationaccounts", "reservationid"},
