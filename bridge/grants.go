@@ -226,12 +226,12 @@ func isDenied(err error) bool {
 	return errors.As(err, &me) && slices.Contains(deniedErrors, me.Number)
 }
 
-// transientErrors are server errors that a retry of the same statement can fix.
-var transientErrors = []uint16{
+// outageErrors are server errors of a database that is (going) away: retried with
+// backoff for as long as the outage lasts. Deadlocks (1213) and lock wait timeouts
+// (1205) are retried too, a bounded number of times per event.
+var outageErrors = []uint16{
 	1040, // ER_CON_COUNT_ERROR
 	1053, // ER_SERVER_SHUTDOWN
-	1205, // ER_LOCK_WAIT_TIMEOUT
-	1213, // ER_LOCK_DEADLOCK
 	1927, // ER_CONNECTION_KILLED
 	2006, // CR_SERVER_GONE_ERROR
 	2013, // CR_SERVER_LOST
