@@ -494,14 +494,30 @@ func (b *Bridge) applyLoadlog(ctx context.Context, tx *sql.Tx, e *event) error {
 		}
 		return err
 	}
+	if l.Name == messages.LoadFailed {
+		// The failure's one failed row is the result's, with its error code.
+		return nil
+	}
 	var computer int64
-	err := tx.QueryRowContext(ctx, "SELECT computerid FROM reservation WHERE id = ?", l.ReservationID).Scan(&computer)
+	var stateID, lastID int
+	// Shared lock: a claim that published this job's request and has not committed yet
+	// is waited for.
+	err := tx.QueryRowContext(ctx, `SELECT rs.computerid, r.stateid, r.laststateid FROM reservation rs JOIN request r ON r.id = rs.requestid
+WHERE rs.id = ? LOCK IN SHARE MODE`, l.ReservationID).Scan(&computer, &stateID, &lastID)
 	if errors.Is(err, sql.ErrNoRows) {
 		b.log.Warn().Int64("reservation", l.ReservationID).Str("step", l.Name).Msg("loadlog event for a reservation that no longer exists: recorded, not written")
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("reservation %d: loadlog: %w", l.ReservationID, err)
+	}
+	if l.Kind.Valid() && (b.states.name[stateID] != messages.StatePending || !slices.Contains(kindStates[l.Kind], b.states.name[lastID])) {
+		// The job is no longer the request's (the web UI deleted it meanwhile: its
+		// exited row was written before the next job's begin).
+		b.log.Info().Int64("reservation", l.ReservationID).Str("kind", string(l.Kind)).Str("step", l.Name).
+			Str("request_state", b.states.name[stateID]+"/"+b.states.name[lastID]).
+			Msg("loadlog event of a job the request no longer runs: recorded, not written")
+		return nil
 	}
 	return b.insertLoadlog(ctx, tx, l.ReservationID, computer, l.Name, l.Time.Unix(), l.Info)
 }
@@ -575,7 +591,7 @@ FROM reservation rs JOIN request r ON r.id = rs.requestid WHERE rs.id = ? FOR UP
 		log.Warn().Str("computer_state", r.ComputerState).Msg("computer state unknown to this site: computer unchanged")
 	}
 	if success && kind == messages.KindImage {
-		if err := b.applyCapture(ctx, tx, r, imageID, userID); err != nil {
+		if err := b.applyCapture(ctx, tx, r, imageID, revID, userID); err != nil {
 			return err
 		}
 	}
@@ -606,12 +622,17 @@ FROM reservation rs JOIN request r ON r.id = rs.requestid WHERE rs.id = ? FOR UP
 	return nil
 }
 
-// applyCapture records image.size (MB; VCL's column is a smallint, so it is capped at
-// 65535) and makes sure the new image revision exists.
-func (b *Bridge) applyCapture(ctx context.Context, tx *sql.Tx, r *messages.Result, imageID, userID int64) error {
-	target := imageID
+// applyCapture makes the captured image and its revision visible as image.pm does on
+// success, in one UPDATE of both rows (the web's capture form created them with
+// deleted=1): image.lastupdate, image.deleted=0, image.size (MB; VCL's column is a
+// smallint, so it is capped at 65535; left alone when the worker measured none),
+// image.name (the revision's imagename), imagerevision.deleted=0 and
+// imagerevision.datecreated. Production is left to the web UI. A new revision the web
+// did not create is inserted first.
+func (b *Bridge) applyCapture(ctx context.Context, tx *sql.Tx, r *messages.Result, imageID, revID, userID int64) error {
+	target, targetRev := imageID, revID
 	if r.NewImage != nil {
-		target = r.NewImage.ImageID
+		target, targetRev = r.NewImage.ImageID, r.NewImage.RevisionID
 		if _, err := tx.ExecContext(ctx, `INSERT INTO imagerevision (id, imageid, revision, userid, datecreated, deleted, production, imagename)
 SELECT ?, ?, ?, ?, NOW(), 0, IF(EXISTS(SELECT 1 FROM imagerevision x WHERE x.imageid = ? AND x.production = 1), 0, 1), ? FROM DUAL
 WHERE NOT EXISTS (SELECT 1 FROM imagerevision y WHERE y.id = ? OR (y.imageid = ? AND y.revision = ?))`,
@@ -620,10 +641,11 @@ WHERE NOT EXISTS (SELECT 1 FROM imagerevision y WHERE y.id = ? OR (y.imageid = ?
 			return fmt.Errorf("reservation %d: image revision %d: %w", r.ReservationID, r.NewImage.RevisionID, err)
 		}
 	}
-	if r.ImageSizeMB > 0 {
-		if _, err := tx.ExecContext(ctx, "UPDATE image SET size = LEAST(?, 65535) WHERE id = ?", r.ImageSizeMB, target); err != nil {
-			return fmt.Errorf("reservation %d: image %d size: %w", r.ReservationID, target, err)
-		}
+	if _, err := tx.ExecContext(ctx, `UPDATE image i JOIN imagerevision ir ON ir.imageid = i.id
+SET i.lastupdate = NOW(), i.deleted = 0, i.size = IF(? > 0, LEAST(?, 65535), i.size), i.name = ir.imagename,
+	ir.deleted = 0, ir.datecreated = NOW()
+WHERE i.id = ? AND ir.id = ?`, r.ImageSizeMB, r.ImageSizeMB, target, targetRev); err != nil {
+		return fmt.Errorf("reservation %d: image %d revision %d: %w", r.ReservationID, target, targetRev, err)
 	}
 	return nil
 }

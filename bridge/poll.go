@@ -219,6 +219,15 @@ func (b *Bridge) claim(ctx context.Context, c candidate, req *messages.Request) 
 	if n, err := res.RowsAffected(); err != nil || n != 1 {
 		return false, err
 	}
+	if b.states.name[c.lastStateID] == messages.StatePending {
+		// The web UI changed a request whose job runs (say deleted/pending): that job
+		// is over for VCL. Its exited row goes before this job's begin; its late rows
+		// and result are not written (applyLoadlog, applyResult).
+		if err := b.insertLoadlog(ctx, tx, c.reservationID, c.computerID, messages.LoadExited, 0,
+			"vclq bridge: the running job ends: request "+b.states.name[c.stateID]+" by the web UI"); err != nil {
+			return false, err
+		}
+	}
 	if err := b.insertLoadlog(ctx, tx, c.reservationID, c.computerID, messages.LoadBegin, 0,
 		"vclq bridge: queued on "+req.Kind.Subject()); err != nil {
 		return false, err
