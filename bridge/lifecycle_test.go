@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	bt "github.com/vclq/vclq/bridge/bridgetest"
 	"github.com/vclq/vclq/internal/testutil"
 	"github.com/vclq/vclq/messages"
 	"github.com/vclq/vclq/streams"
@@ -100,5 +101,52 @@ func TestVCLLifecycleSemantics(t *testing.T) {
 			t.Errorf("deleted request %s", got)
 		}
 		_ = fmt.Sprint()
+	})
+}
+
+// TestReinstallReturnsToReserved (issue 11 item 5; VCL_LIFECYCLE.md §7): the web's
+// reinstall (state 27 on an inuse reservation) is new.pm's: the same image is loaded
+// again, the accounts get fresh passwords, and the reservation is back in reserved,
+// the computer reserved, not complete/available.
+func TestReinstallReturnsToReserved(t *testing.T) {
+	forEachSchema(t, func(t *testing.T, s *site) {
+		j := testutil.StartVCLJetStream(t, e2eStreams())
+		key, _ := NewSealKey(nil)
+		startWorkers(t, j, 1, &bt.StateExit{SealTo: key.PublicKey()})
+		id, rs := s.add(req{state: "inuse", last: "reserved", computer: 110, rev: revWin, accounts: []int64{userBob}})
+		s.exec("UPDATE computer SET stateid = 8 WHERE id = 110")
+		s.exec("UPDATE reservation SET pw = 'old-password' WHERE id = ?", rs)
+		// The web UI's reinstall.
+		s.exec("UPDATE request SET stateid = 27 WHERE id = ?", id)
+		b := newBridge(t, s, j, Config{SealKey: key, Interval: 100 * time.Millisecond})
+		stop, _ := run(t, b)
+		testutil.WaitFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+			if got := s.requestState(id); got != "reserved/reinstall" {
+				return fmt.Errorf("request %s", got)
+			}
+			return nil
+		})
+		consumerIdle(t, j, 20*time.Second)
+		stop()
+		var pw string
+		var cur int64
+		if err := s.db.QueryRow("SELECT COALESCE(rs.pw, ''), c.currentimageid FROM reservation rs JOIN computer c ON c.id = rs.computerid WHERE rs.id = ?", rs).Scan(&pw, &cur); err != nil {
+			t.Fatal(err)
+		}
+		rows := s.loadlog(rs)
+		log := strings.Join(stepNames(rows), ",")
+		t.Logf("reinstall: request %s, computer %s, image %d, loadlog %s (%s)", s.requestState(id), s.computerState(110), cur, log, rows[0])
+		if rows[0] != "begin:vclq bridge: queued on "+messages.KindNew.Subject() {
+			t.Errorf("first row %q, want the reinstall queued as a new request", rows[0])
+		}
+		if got := s.computerState(110); got != "reserved" {
+			t.Errorf("computer %s, want reserved", got)
+		}
+		if pw == "old-password" || len(pw) != 16 || cur != imgWin {
+			t.Errorf("password %q (want fresh), current image %d (want %d)", pw, cur, imgWin)
+		}
+		if !strings.HasSuffix(log, "addinguser,nodeready,exited") {
+			t.Errorf("loadlog %s", log)
+		}
 	})
 }
