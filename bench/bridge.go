@@ -208,6 +208,12 @@ func Bridge(ctx context.Context, w io.Writer) error {
 	}
 	plainBack := time.Since(start)
 
+	// 50 reservations' events interleaved, one of them poisoned.
+	par, parTime, err := poisonedParallel(ctx, db, js, msgs[bridgeResults:bridgeResults+bridgeParallel+1])
+	if err != nil {
+		return err
+	}
+
 	rate := func(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }
 	fmt.Fprintf(w, "MariaDB at %s (vclq's minimal VCL schema, %d VM slots), embedded nats-server, one bridge, sequential. "+
 		"Each row and each event is one database transaction, as in production.\n\n", bt.Addr(), vms)
@@ -218,14 +224,98 @@ func Bridge(ctx context.Context, w io.Writer) error {
 		bridgeRows, plainOut.Round(time.Millisecond), rate(bridgeRows, plainOut))
 	fmt.Fprintf(w, "| bridge NATS → DB: fetch, decode, transaction with dedup row (loadlog row or state_exit), ack | %d events | %s | %.0f events/s |\n",
 		events, bridgeBack.Round(time.Millisecond), rate(events, bridgeBack))
-	fmt.Fprintf(w, "| plain SQL anchor: dedup INSERT + loadlog INSERT or state UPDATE, one transaction per event | %d events | %s | %.0f events/s |\n\n",
+	fmt.Fprintf(w, "| plain SQL anchor: dedup INSERT + loadlog INSERT or state UPDATE, one transaction per event | %d events | %s | %.0f events/s |\n",
 		events, plainBack.Round(time.Millisecond), rate(events, plainBack))
+	fmt.Fprintf(w, "| bridge NATS → DB: %d reservations' events interleaved, one more reservation's result refused by the site (a trigger), parked as a dead letter | %d events | %s | %.0f events/s |\n\n",
+		bridgeParallel, par, parTime.Round(time.Millisecond), rate(par, parTime))
 	fmt.Fprintf(w, "The bridge reaches %.0f%% of the plain-SQL rate out and %.0f%% back. Out, it does more per row than the anchor "+
 		"(the join of computer, host, profile, image, OS and users; the outbox write and mark; a synchronous publish). "+
 		"Back, events go one at a time (the consumer's MaxAckPending is 1, so rows keep stream order across bridges and crashes); "+
+		"an event the site refuses for good is parked at once (a dead letter, a WARNING row, later events of its reservation parked behind it), "+
+		"so the other reservations' events go at the sequential rate (%.0f%% of it here); "+
 		"a result is a larger transaction than the anchor's (request, reservation, computer, loadlog rows).\n",
-		100*rate(bridgeRows, bridgeOut)/rate(bridgeRows, plainOut), 100*rate(events, bridgeBack)/rate(events, plainBack))
+		100*rate(bridgeRows, bridgeOut)/rate(bridgeRows, plainOut), 100*rate(events, bridgeBack)/rate(events, plainBack),
+		100*rate(par, parTime)/rate(events, bridgeBack))
 	return nil
+}
+
+// bridgeParallel is how many reservations' events are interleaved beside a poisoned one.
+const bridgeParallel = 50
+
+// poisonedParallel publishes the events of msgs' reservations interleaved (every
+// reservation's first step, then every second step, ...), the site refusing the result
+// of the last one (a trigger, error 1644), and measures how long a bridge takes to
+// apply every event of the others and park the poisoned result. It returns the number
+// of events the others had and the time.
+func poisonedParallel(ctx context.Context, db *sql.DB, js jetstream.JetStream, msgs []*messages.Request) (int, time.Duration, error) {
+	bad := msgs[len(msgs)-1].Reservation.ID
+	for _, q := range []string{
+		"CREATE TABLE bench_poison (reservation_id int unsigned PRIMARY KEY)",
+		`CREATE TRIGGER bench_poison BEFORE UPDATE ON reservation FOR EACH ROW
+BEGIN
+	IF EXISTS (SELECT 1 FROM bench_poison p WHERE p.reservation_id = NEW.id) THEN
+		SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poisoned by the benchmark';
+	END IF;
+END`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return 0, 0, err
+		}
+	}
+	if _, err := db.ExecContext(ctx, "INSERT INTO bench_poison VALUES (?)", bad); err != nil {
+		return 0, 0, err
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	steps := []string{messages.LoadStatusCheck, messages.LoadTransferVM, messages.LoadNodeReady}
+	for step := range len(steps) + 1 {
+		for _, m := range msgs {
+			var err error
+			if step < len(steps) {
+				l := &messages.Loadlog{Schema: 1, ReservationID: m.Reservation.ID, RequestID: m.Request.ID, ComputerID: m.Computer.ID,
+					Kind: m.Kind, Name: steps[step], Phase: messages.PhaseBegin, Step: step + 1, Time: now, Worker: "bench", RequestSeq: 1}
+				err = publishJSON(ctx, js, messages.LoadlogSubject(l.ReservationID), l, l.MsgID())
+			} else {
+				r := &messages.Result{Schema: 1, ReservationID: m.Reservation.ID, RequestID: m.Request.ID, ComputerID: m.Computer.ID,
+					Kind: m.Kind, Outcome: messages.OutcomeSuccess, RequestState: messages.StateReserved, ComputerState: messages.StateReserved,
+					ImageID: m.Image.ID, ImageRevisionID: m.Image.RevisionID, Worker: "bench", Time: now, Deliveries: 1, RequestSeq: 1}
+				err = publishJSON(ctx, js, messages.ResultSubject(r.ReservationID), r, r.MsgID())
+			}
+			if err != nil {
+				return 0, 0, err
+			}
+		}
+	}
+	others := (len(msgs) - 1) * (len(steps) + 1)
+	eb, err := bridge.New(ctx, db, js, bridge.Config{ManagementNodes: []int64{bt.MNOther}, Interval: time.Hour, FetchWait: 100 * time.Millisecond}, zerolog.Nop())
+	if err != nil {
+		return 0, 0, err
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- eb.Run(rctx) }()
+	first, last := msgs[0].Reservation.ID, msgs[len(msgs)-2].Reservation.ID
+	for {
+		var applied, parked int
+		if err := db.QueryRowContext(ctx, `SELECT COALESCE(SUM(event_id NOT LIKE 'parked-%' AND reservation_id <> ?), 0), COALESCE(SUM(event_id LIKE 'parked-%'), 0)
+			FROM vclq_applied WHERE reservation_id BETWEEN ? AND ? OR reservation_id = ?`, bad, first, last, bad).Scan(&applied, &parked); err != nil {
+			return 0, 0, err
+		}
+		if applied >= others && parked == 1 {
+			break
+		}
+		if time.Since(start) > 5*time.Minute {
+			return 0, 0, fmt.Errorf("poisoned parallel: %d of %d events applied, %d parked in 5 minutes", applied, others, parked)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	cancel()
+	if err := <-done; err != nil {
+		return 0, 0, err
+	}
+	return others, elapsed, nil
 }
 
 // bridgedRequests reads the requests the bridge queued, in order.

@@ -55,7 +55,8 @@ func (b *Bridge) at(point string) error {
 }
 
 // New checks the configuration and the database (VCL's state and computerloadstate
-// names, the management nodes), creates the bridge's own tables, and returns a bridge.
+// names, the management nodes, the account's privileges: CheckPrivileges), creates
+// the bridge's own tables, and returns a bridge.
 // It does not start anything.
 func New(ctx context.Context, db *sql.DB, js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Bridge, error) {
 	cfg, err := cfg.withDefaults()
@@ -84,14 +85,17 @@ func New(ctx context.Context, db *sql.DB, js jetstream.JetStream, cfg Config, lo
 	if n != len(cfg.ManagementNodes) {
 		return nil, fmt.Errorf("%w: management node(s) %s: only %d of %d exist in managementnode", ErrConfig, b.mnList, n, len(cfg.ManagementNodes))
 	}
-	if err := EnsureTables(ctx, db); err != nil {
+	if err := CheckPrivileges(ctx, db); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
 // Run polls requests and applies events until ctx ends, retrying database and NATS
-// failures with backoff. It returns nil when ctx ends.
+// failures with backoff. It returns nil when ctx ends, and an error wrapping
+// ErrPrivileges or ErrSchema as soon as the server refuses the bridge's account a
+// statement, its login or its database, or the schema lacks a table or column: those
+// are never retried.
 func (b *Bridge) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -123,6 +127,8 @@ func (b *Bridge) pollLoop(ctx context.Context) error {
 			return nil
 		case errors.As(err, new(errCrash)):
 			return err
+		case fatal(err) != nil:
+			return fmt.Errorf("poll: %w", fatal(err))
 		case err != nil:
 			b.noteError(err)
 			delay = bo.next()

@@ -7,13 +7,16 @@ import (
 )
 
 // KindForState maps a VCL request state the bridge processes to the request kind
-// (subject) that handles it: new → new; reload, reinstall → reload; timeout, deleted →
-// reclaim; image → image; reserved (once remoteIP is set) → reserved.
+// (subject) that handles it: new, reinstall → new; reload → reload; timeout, deleted →
+// reclaim; image → image; reserved (once remoteIP is set) → reserved. A reinstall is
+// new.pm's: the reservation's image is loaded again, the users' accounts made again
+// with fresh passwords, and the request goes back to reserved (the user connects
+// again), not to complete as a reload's does.
 func KindForState(state string) (messages.Kind, bool) {
 	switch state {
-	case messages.StateNew:
+	case messages.StateNew, messages.StateReinstall:
 		return messages.KindNew, true
-	case messages.StateReload, messages.StateReinstall:
+	case messages.StateReload:
 		return messages.KindReload, true
 	case messages.StateTimeout, messages.StateDeleted:
 		return messages.KindReclaim, true
@@ -28,8 +31,8 @@ func KindForState(state string) (messages.Kind, bool) {
 // kindStates lists, per kind, the request states a claim moved to pending/<state>; a
 // result of that kind applies only to a request in one of them.
 var kindStates = map[messages.Kind][]string{
-	messages.KindNew:      {messages.StateNew},
-	messages.KindReload:   {messages.StateReload, messages.StateReinstall},
+	messages.KindNew:      {messages.StateNew, messages.StateReinstall},
+	messages.KindReload:   {messages.StateReload},
 	messages.KindReclaim:  {messages.StateTimeout, messages.StateDeleted},
 	messages.KindImage:    {messages.StateImage},
 	messages.KindReserved: {messages.StateReserved},

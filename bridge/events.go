@@ -3,9 +3,12 @@ package bridge
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -99,6 +102,11 @@ func (b *Bridge) eventLoop(ctx context.Context) error {
 			return err
 		case err != nil && ctx.Err() != nil:
 			return nil
+		case fatal(err) != nil:
+			for _, m := range msgs {
+				_ = m.Nak() // for a bridge that can apply it
+			}
+			return fmt.Errorf("apply events: %w", fatal(err))
 		case err != nil:
 			b.noteError(err)
 			d := bo.next()
@@ -117,17 +125,61 @@ func (b *Bridge) eventLoop(ctx context.Context) error {
 // event is one fetched event, decoded.
 type event struct {
 	msg     jetstream.Msg
-	seq     uint64
+	seq     uint64 // the event's stream sequence: the original one for a replayed event
+	msgSeq  uint64 // this message's stream sequence
+	numDel  uint64 // deliveries of this message
+	replay  bool   // re-published by `vclq dlq replay`
 	loadlog *messages.Loadlog
 	result  *messages.Result
-	bad     error // can never apply: terminated
+	bad     error // can never apply: parked
 	after   func()
 }
+
+// reservation is the event's reservation id: from its payload, else its subject.
+func (e *event) reservation() int64 {
+	switch {
+	case e.loadlog != nil:
+		return e.loadlog.ReservationID
+	case e.result != nil:
+		return e.result.ReservationID
+	}
+	subj := e.msg.Subject()
+	id, _ := strconv.ParseInt(subj[strings.LastIndexByte(subj, '.')+1:], 10, 64)
+	return max(id, 0)
+}
+
+func (e *event) kind() messages.Kind {
+	switch {
+	case e.loadlog != nil:
+		return e.loadlog.Kind
+	case e.result != nil:
+		return e.result.Kind
+	}
+	return ""
+}
+
+// id is the event's id (its Nats-Msg-Id), or seq-<stream seq> when it does not decode.
+func (e *event) id() string {
+	switch {
+	case e.loadlog != nil:
+		return e.loadlog.MsgID()
+	case e.result != nil:
+		return e.result.MsgID()
+	}
+	return "seq-" + strconv.FormatUint(e.seq, 10)
+}
+
+func (e *event) deliveries() uint64 { return max(e.numDel, 1) }
 
 func decodeEvent(m jetstream.Msg) *event {
 	e := &event{msg: m}
 	if meta, err := m.Metadata(); err == nil {
-		e.seq = meta.Sequence.Stream
+		e.seq, e.msgSeq, e.numDel = meta.Sequence.Stream, meta.Sequence.Stream, meta.NumDelivered
+	}
+	// A parked event replayed by `vclq dlq replay` keeps its place: its original
+	// sequence (for the order of its reservation's events and lateLoadlog).
+	if orig, err := strconv.ParseUint(m.Headers().Get(messages.HeaderOrigSequence), 10, 64); err == nil && orig > 0 {
+		e.seq, e.replay = orig, true
 	}
 	subj := m.Subject()
 	switch {
@@ -141,71 +193,234 @@ func decodeEvent(m jetstream.Msg) *event {
 	return e
 }
 
-// applyBatch applies fetched events (one, with MaxAckPending 1) in stream order in one
-// transaction, each with its id in vclq_applied, then acks them. An event that can
-// never apply (invalid, or refused by the site's schema) is rolled back to its
-// savepoint, logged and terminated (it stays in the stream). Any other failure rolls
-// the whole batch back and is returned: the caller hands the batch back for
-// redelivery.
+// applyBatch applies fetched events (one, with MaxAckPending 1) in stream order, each
+// in its own transaction with its id in vclq_applied, and acks each once committed.
+// An event that cannot be applied is handled by how it failed (eventErrClass): a
+// database or connection outage is returned (the caller hands the event back for
+// redelivery, without limit); an event whose data the database refuses, that does
+// not decode, or that follows a parked event of its reservation is parked at once
+// (park); any other failure is retried with backoff until the event was delivered
+// maxEventDeliveries times, then parked. A permission or schema error is returned
+// (fatal): the bridge stops.
 func (b *Bridge) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
-	events := make([]*event, len(msgs))
-	for i, m := range msgs {
-		events[i] = decodeEvent(m)
-	}
-	tx, err := b.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("apply events: %w", err)
-	}
-	defer tx.Rollback() //nolint:errcheck // no-op after Commit
-	for _, e := range events {
-		if e.bad != nil {
-			continue
-		}
-		if _, err := tx.ExecContext(ctx, "SAVEPOINT vclq_event"); err != nil {
-			return fmt.Errorf("apply events: %w", err)
-		}
-		if e.loadlog != nil {
-			err = b.applyLoadlog(ctx, tx, e)
-		} else {
-			err = b.applyResult(ctx, tx, e)
-		}
-		if permanentDBError(err) {
-			b.metrics().DatabaseError(metrics.DBPermanent)
-			if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT vclq_event"); rerr != nil {
-				return fmt.Errorf("apply events: %w", rerr)
+	for _, m := range msgs {
+		e := decodeEvent(m)
+		err := b.applyEvent(ctx, e)
+		if err == nil {
+			if err := b.at(pointApplied); err != nil {
+				return err
 			}
-			e.bad, e.after = err, nil
+			b.observeApplied(e)
+			if e.after != nil {
+				e.after()
+			}
+			b.ack(ctx, e)
 			continue
 		}
-		if err != nil {
+		if errors.As(err, new(errCrash)) || fatal(err) != nil || ctx.Err() != nil {
+			return err
+		}
+		c := classifyEventErr(err)
+		b.observeEventErr(err, c)
+		switch {
+		case c == retryOutage:
+			return err
+		case c == retryBounded && e.deliveries() < maxEventDeliveries:
+			return fmt.Errorf("event %s (stream seq %d), delivery %d of %d: %w", e.msg.Subject(), e.seq, e.deliveries(), maxEventDeliveries, err)
+		}
+		if err := b.park(ctx, e, err); err != nil {
 			return err
 		}
 	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("apply events: commit: %w", err)
+	return nil
+}
+
+// maxEventDeliveries bounds the attempts at an event that fails for a reason that is
+// neither an outage nor refused data (a lock wait timeout, say) before it is parked.
+const maxEventDeliveries = 5
+
+// eventErrClass is how an event's failure is handled.
+type eventErrClass int
+
+const (
+	retryOutage  eventErrClass = iota // the database is unreachable: retried without limit
+	retryBounded                      // retried maxEventDeliveries times, then parked
+	parkNow                           // can never apply: parked at once
+)
+
+// errBehindParked is returned for an event of a reservation with an earlier event
+// parked: it is parked too, so the reservation's events stay in order.
+var errBehindParked = errors.New("an earlier event of the reservation is parked")
+
+// errBadEvent wraps why an event does not decode: it is parked at once.
+var errBadEvent = errors.New("event does not decode")
+
+// observeEventErr counts a failed event's database error by class.
+func (b *Bridge) observeEventErr(err error, c eventErrClass) {
+	switch {
+	case c == retryOutage:
+		b.metrics().DatabaseError(metrics.DBTransient)
+	case permanentDBError(err) || fatal(err) != nil:
+		b.metrics().DatabaseError(metrics.DBPermanent)
 	}
-	if err := b.at(pointApplied); err != nil {
+}
+
+func classifyEventErr(err error) eventErrClass {
+	var me *mysql.MySQLError
+	switch {
+	case errors.Is(err, errBehindParked), errors.Is(err, errBadEvent), permanentDBError(err):
+		return parkNow
+	case errors.As(err, &me):
+		if slices.Contains(outageErrors, me.Number) {
+			return retryOutage
+		}
+		if me.Number == 1644 { // a trigger's SIGNAL: the site refuses this change
+			return parkNow
+		}
+		return retryBounded
+	case errors.Is(err, driver.ErrBadConn), errors.Is(err, mysql.ErrInvalidConn), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, sql.ErrConnDone), errors.As(err, new(net.Error)):
+		return retryOutage
+	}
+	return retryBounded
+}
+
+// applyEvent applies one event in a transaction: parked if it follows a parked event
+// of its reservation, skipped if applied before, else the loadlog row or state_exit.
+// A replayed event (dlq replay) that applies removes its parking marker.
+func (b *Bridge) applyEvent(ctx context.Context, e *event) error {
+	if e.bad != nil {
+		return fmt.Errorf("%w: %w", errBadEvent, e.bad)
+	}
+	tx, err := b.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("apply event %s: %w", e.msg.Subject(), err)
+	}
+	defer tx.Rollback() //nolint:errcheck // no-op after Commit
+	res := e.reservation()
+	var parked sql.NullInt64
+	if err := tx.QueryRowContext(ctx, "SELECT MIN(stream_seq) FROM vclq_applied WHERE reservation_id = ? AND event_id LIKE 'parked-%' AND stream_seq < ?",
+		res, e.seq).Scan(&parked); err != nil {
+		return fmt.Errorf("reservation %d: parked events: %w", res, err)
+	}
+	if parked.Valid {
+		return fmt.Errorf("reservation %d: %w (stream seq %d)", res, errBehindParked, parked.Int64)
+	}
+	if e.loadlog != nil {
+		err = b.applyLoadlog(ctx, tx, e)
+	} else {
+		err = b.applyResult(ctx, tx, e)
+	}
+	if err != nil {
 		return err
 	}
-	for _, e := range events {
-		if e.bad != nil {
-			b.log.Error().Err(e.bad).Str("subject", e.msg.Subject()).Uint64("stream_seq", e.seq).Msg("event cannot be applied; terminated (it stays in the stream)")
-			_ = e.msg.TermWithReason(messages.CleanText(e.bad.Error(), 200))
-			b.metrics().Terminated(eventType(e))
-			continue
+	if e.replay {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM vclq_applied WHERE event_id = ?", "parked-"+e.id()); err != nil {
+			return fmt.Errorf("reservation %d: unpark event: %w", res, err)
 		}
-		b.observeApplied(e)
-		if e.after != nil {
-			e.after()
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("apply event %s: commit: %w", e.msg.Subject(), err)
+	}
+	return nil
+}
+
+// ack acks an applied or parked event, confirmed: the server has freed the consumer's
+// one pending slot before the next fetch asks for it.
+func (b *Bridge) ack(ctx context.Context, e *event) {
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := e.msg.DoubleAck(actx); err != nil {
+		// Applied already: a redelivery finds it in vclq_applied.
+		b.log.Debug().Err(err).Uint64("stream_seq", e.seq).Msg("ack failed")
+	}
+}
+
+// park keeps an event that cannot be applied as a dead letter in VCL_DEADLETTERS
+// (vcl.dlq.<kind>.<reservation>, with the reason; `vclq dlq replay` re-publishes it
+// to its event subject), marks it parked in vclq_applied (parked-<event id>: later
+// events of the reservation are parked behind it, so its events stay in order), writes
+// a WARNING loadlog row for the web UI (for the first parked event of a reservation),
+// and acks it: other reservations go on.
+func (b *Bridge) park(ctx context.Context, e *event, why error) error {
+	b.metrics().Terminated(eventType(e))
+	res := e.reservation()
+	if !e.replay && res > 0 {
+		// Parked before (the stream is replayed into a new consumer): already a dead
+		// letter, or replayed from there.
+		var n int
+		if err := b.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM vclq_applied WHERE event_id = ?", "parked-"+e.id()).Scan(&n); err != nil {
+			return fmt.Errorf("reservation %d: park event: %w", res, err)
 		}
-		// A confirmed ack: the server has freed the consumer's one pending slot before
-		// the next fetch asks for it.
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := e.msg.DoubleAck(actx); err != nil {
-			// Applied already: a redelivery finds it in vclq_applied.
-			b.log.Debug().Err(err).Uint64("stream_seq", e.seq).Msg("ack failed")
+		if n > 0 {
+			b.ack(ctx, e)
+			return nil
 		}
-		cancel()
+	}
+	reason := messages.CleanText(why.Error(), 900)
+	kind := e.kind()
+	m := nats.NewMsg(messages.DeadLetterSubject(kind, res))
+	m.Data = e.msg.Data()
+	m.Header.Set(messages.HeaderReason, reason)
+	m.Header.Set(messages.HeaderOrigSubject, e.msg.Subject())
+	m.Header.Set(messages.HeaderOrigSequence, strconv.FormatUint(e.seq, 10))
+	m.Header.Set(messages.HeaderDeliveries, strconv.FormatUint(e.deliveries(), 10))
+	m.Header.Set(messages.HeaderDeadLetterAt, time.Now().UTC().Format(time.RFC3339Nano))
+	m.Header.Set(messages.HeaderWorker, "vclq-bridge")
+	if res > 0 {
+		m.Header.Set(messages.HeaderReservation, strconv.FormatInt(res, 10))
+	}
+	if kind.Valid() {
+		m.Header.Set(messages.HeaderKind, string(kind))
+	}
+	pctx, cancel := context.WithTimeout(ctx, b.cfg.PublishTimeout)
+	defer cancel()
+	// The id of this delivery's message (a replayed event parked again is a new message).
+	if _, err := b.js.PublishMsg(pctx, m, jetstream.WithMsgID(fmt.Sprintf("dlq-event-%d", e.msgSeq))); err != nil {
+		return fmt.Errorf("reservation %d: park event %s: %w", res, e.msg.Subject(), err)
+	}
+	if res > 0 {
+		if err := b.markParked(ctx, e, res, why, reason); err != nil {
+			return err
+		}
+	}
+	b.log.Error().Err(why).Int64("reservation", res).Str("subject", e.msg.Subject()).Uint64("stream_seq", e.seq).
+		Msg("event cannot be applied: parked as a dead letter (vclq dlq list / replay)")
+	b.ack(ctx, e)
+	return nil
+}
+
+func (b *Bridge) markParked(ctx context.Context, e *event, res int64, why error, reason string) error {
+	tx, err := b.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("reservation %d: park event: %w", res, err)
+	}
+	defer tx.Rollback() //nolint:errcheck // no-op after Commit
+	if _, err := tx.ExecContext(ctx, "INSERT IGNORE INTO vclq_applied (event_id, stream_seq, reservation_id, applied) VALUES (?, ?, ?, NOW())",
+		"parked-"+e.id(), e.seq, res); err != nil {
+		return fmt.Errorf("reservation %d: park event: %w", res, err)
+	}
+	if !errors.Is(why, errBehindParked) {
+		var computer int64
+		err := tx.QueryRowContext(ctx, "SELECT computerid FROM reservation WHERE id = ?", res).Scan(&computer)
+		if err == nil {
+			if _, err = tx.ExecContext(ctx, "SAVEPOINT vclq_warning"); err == nil {
+				err = b.insertLoadlog(ctx, tx, res, computer, messages.LoadWarning, 0,
+					fmt.Sprintf("vclq bridge: event %s (stream seq %d) not applied, parked as a dead letter: %s", e.msg.Subject(), e.seq, reason))
+			}
+		}
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			if fatal(err) != nil || classifyEventErr(err) == retryOutage {
+				return fmt.Errorf("reservation %d: park event: %w", res, err)
+			}
+			// The site refuses the warning row too (the same cause): the dead letter
+			// and the log say it.
+			_, _ = tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT vclq_warning")
+			b.log.Warn().Err(err).Int64("reservation", res).Msg("WARNING loadlog row of a parked event not written")
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("reservation %d: park event: commit: %w", res, err)
 	}
 	return nil
 }
@@ -295,14 +510,30 @@ func (b *Bridge) applyLoadlog(ctx context.Context, tx *sql.Tx, e *event) error {
 		}
 		return err
 	}
+	if l.Name == messages.LoadFailed {
+		// The failure's one failed row is the result's, with its error code.
+		return nil
+	}
 	var computer int64
-	err := tx.QueryRowContext(ctx, "SELECT computerid FROM reservation WHERE id = ?", l.ReservationID).Scan(&computer)
+	var stateID, lastID int
+	// Shared lock: a claim that published this job's request and has not committed yet
+	// is waited for.
+	err := tx.QueryRowContext(ctx, `SELECT rs.computerid, r.stateid, r.laststateid FROM reservation rs JOIN request r ON r.id = rs.requestid
+WHERE rs.id = ? LOCK IN SHARE MODE`, l.ReservationID).Scan(&computer, &stateID, &lastID)
 	if errors.Is(err, sql.ErrNoRows) {
 		b.log.Warn().Int64("reservation", l.ReservationID).Str("step", l.Name).Msg("loadlog event for a reservation that no longer exists: recorded, not written")
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("reservation %d: loadlog: %w", l.ReservationID, err)
+	}
+	if l.Kind.Valid() && (b.states.name[stateID] != messages.StatePending || !slices.Contains(kindStates[l.Kind], b.states.name[lastID])) {
+		// The job is no longer the request's (the web UI deleted it meanwhile: its
+		// exited row was written before the next job's begin).
+		b.log.Info().Int64("reservation", l.ReservationID).Str("kind", string(l.Kind)).Str("step", l.Name).
+			Str("request_state", b.states.name[stateID]+"/"+b.states.name[lastID]).
+			Msg("loadlog event of a job the request no longer runs: recorded, not written")
+		return nil
 	}
 	return b.insertLoadlog(ctx, tx, l.ReservationID, computer, l.Name, l.Time.Unix(), l.Info)
 }
@@ -376,7 +607,7 @@ FROM reservation rs JOIN request r ON r.id = rs.requestid WHERE rs.id = ? FOR UP
 		log.Warn().Str("computer_state", r.ComputerState).Msg("computer state unknown to this site: computer unchanged")
 	}
 	if success && kind == messages.KindImage {
-		if err := b.applyCapture(ctx, tx, r, imageID, userID); err != nil {
+		if err := b.applyCapture(ctx, tx, r, imageID, revID, userID); err != nil {
 			return err
 		}
 	}
@@ -407,12 +638,17 @@ FROM reservation rs JOIN request r ON r.id = rs.requestid WHERE rs.id = ? FOR UP
 	return nil
 }
 
-// applyCapture records image.size (MB; VCL's column is a smallint, so it is capped at
-// 65535) and makes sure the new image revision exists.
-func (b *Bridge) applyCapture(ctx context.Context, tx *sql.Tx, r *messages.Result, imageID, userID int64) error {
-	target := imageID
+// applyCapture makes the captured image and its revision visible as image.pm does on
+// success, in one UPDATE of both rows (the web's capture form created them with
+// deleted=1): image.lastupdate, image.deleted=0, image.size (MB; VCL's column is a
+// smallint, so it is capped at 65535; left alone when the worker measured none),
+// image.name (the revision's imagename), imagerevision.deleted=0 and
+// imagerevision.datecreated. Production is left to the web UI. A new revision the web
+// did not create is inserted first.
+func (b *Bridge) applyCapture(ctx context.Context, tx *sql.Tx, r *messages.Result, imageID, revID, userID int64) error {
+	target, targetRev := imageID, revID
 	if r.NewImage != nil {
-		target = r.NewImage.ImageID
+		target, targetRev = r.NewImage.ImageID, r.NewImage.RevisionID
 		if _, err := tx.ExecContext(ctx, `INSERT INTO imagerevision (id, imageid, revision, userid, datecreated, deleted, production, imagename)
 SELECT ?, ?, ?, ?, NOW(), 0, IF(EXISTS(SELECT 1 FROM imagerevision x WHERE x.imageid = ? AND x.production = 1), 0, 1), ? FROM DUAL
 WHERE NOT EXISTS (SELECT 1 FROM imagerevision y WHERE y.id = ? OR (y.imageid = ? AND y.revision = ?))`,
@@ -421,10 +657,11 @@ WHERE NOT EXISTS (SELECT 1 FROM imagerevision y WHERE y.id = ? OR (y.imageid = ?
 			return fmt.Errorf("reservation %d: image revision %d: %w", r.ReservationID, r.NewImage.RevisionID, err)
 		}
 	}
-	if r.ImageSizeMB > 0 {
-		if _, err := tx.ExecContext(ctx, "UPDATE image SET size = LEAST(?, 65535) WHERE id = ?", r.ImageSizeMB, target); err != nil {
-			return fmt.Errorf("reservation %d: image %d size: %w", r.ReservationID, target, err)
-		}
+	if _, err := tx.ExecContext(ctx, `UPDATE image i JOIN imagerevision ir ON ir.imageid = i.id
+SET i.lastupdate = NOW(), i.deleted = 0, i.size = IF(? > 0, LEAST(?, 65535), i.size), i.name = ir.imagename,
+	ir.deleted = 0, ir.datecreated = NOW()
+WHERE i.id = ? AND ir.id = ?`, r.ImageSizeMB, r.ImageSizeMB, target, targetRev); err != nil {
+		return fmt.Errorf("reservation %d: image %d revision %d: %w", r.ReservationID, target, targetRev, err)
 	}
 	return nil
 }

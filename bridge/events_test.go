@@ -207,7 +207,7 @@ func (sc *scenario) publish(t *testing.T, j *testutil.JetStream) {
 
 	sendResult(t, j, resultEvent(sc.stale, 16, messages.OutcomeSuccess, messages.StateReserved, messages.StateReserved))
 
-	// Garbage on an event subject: terminated, nothing else stops.
+	// Garbage on an event subject: parked, nothing else stops.
 	publishEvent(t, j, messages.ResultSubject(sc.newReq.Reservation.ID), json.RawMessage(`{"schema":1,"bogus":true}`), "garbage-1")
 }
 
@@ -229,7 +229,8 @@ func (sc *scenario) check(t *testing.T) {
 		t.Errorf("new: computer %s", got)
 	}
 	log := s.loadlog(sc.ids["new"][1])
-	wantNames := []string{"begin", "statuscheck", "transfervm", "info", "info", "info", "nodeready", "WARNING", "exited"}
+	// The last WARNING: the garbage event on its subject, parked.
+	wantNames := []string{"begin", "statuscheck", "transfervm", "info", "info", "info", "nodeready", "WARNING", "exited", "WARNING"}
 	if !slices.Equal(stepNames(log), wantNames) {
 		t.Errorf("new: loadlog %q, want names %v", log, wantNames)
 	}

@@ -36,8 +36,8 @@ type candidate struct {
 	reservations                         int
 }
 
-// PollOnce publishes what is left in the outbox, checks in, and claims and publishes
-// every due row (each claim commits only after its publish was acknowledged). Nothing
+// PollOnce publishes what is left in the outbox, claims and publishes every due row
+// (each claim commits only after its publish was acknowledged), and then checks in. Nothing
 // is claimed, and the management node does not check in, while NATS is down: the
 // connection check skips the poll, and a claim whose publish fails (NATS went during
 // the poll) is rolled back and ends the poll.
@@ -51,11 +51,6 @@ func (b *Bridge) PollOnce(ctx context.Context) (PollStats, error) {
 	if nc := b.js.Conn(); nc != nil && !nc.IsConnected() {
 		// Claimed rows would wait in pending/X, out of reach of a legacy vcld too.
 		return st, fmt.Errorf("NATS is %s: nothing is claimed until it is back", nc.Status())
-	}
-	// Check in only while requests can flow: a bridge cut off from NATS lets
-	// managementnode.lastcheckin age, as a dead vcld would.
-	if err := b.checkIn(ctx); err != nil {
-		return st, err
 	}
 	if st.Expired, err = b.expire(ctx); err != nil {
 		return st, err
@@ -82,6 +77,11 @@ func (b *Bridge) PollOnce(ctx context.Context) (PollStats, error) {
 		default:
 			st.Lost++
 		}
+	}
+	// Check in only once the poll made its progress: a bridge cut off from NATS, or one
+	// whose claims fail, lets managementnode.lastcheckin age, as a dead vcld would.
+	if err := b.checkIn(ctx); err != nil {
+		return st, err
 	}
 	// Published ids are kept a day: far longer than JetStream's duplicate window.
 	if _, err := b.db.ExecContext(ctx, "DELETE FROM vclq_outbox WHERE published < NOW() - INTERVAL 1 DAY LIMIT 1000"); err != nil {
@@ -218,6 +218,15 @@ func (b *Bridge) claim(ctx context.Context, c candidate, req *messages.Request) 
 	}
 	if n, err := res.RowsAffected(); err != nil || n != 1 {
 		return false, err
+	}
+	if b.states.name[c.lastStateID] == messages.StatePending {
+		// The web UI changed a request whose job runs (say deleted/pending): that job
+		// is over for VCL. Its exited row goes before this job's begin; its late rows
+		// and result are not written (applyLoadlog, applyResult).
+		if err := b.insertLoadlog(ctx, tx, c.reservationID, c.computerID, messages.LoadExited, 0,
+			"vclq bridge: the running job ends: request "+b.states.name[c.stateID]+" by the web UI"); err != nil {
+			return false, err
+		}
 	}
 	if err := b.insertLoadlog(ctx, tx, c.reservationID, c.computerID, messages.LoadBegin, 0,
 		"vclq bridge: queued on "+req.Kind.Subject()); err != nil {

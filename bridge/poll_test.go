@@ -51,7 +51,7 @@ func TestDue(t *testing.T) {
 
 func TestKindForState(t *testing.T) {
 	for state, want := range map[string]messages.Kind{
-		"new": messages.KindNew, "reload": messages.KindReload, "reinstall": messages.KindReload,
+		"new": messages.KindNew, "reload": messages.KindReload, "reinstall": messages.KindNew,
 		"timeout": messages.KindReclaim, "deleted": messages.KindReclaim, "image": messages.KindImage,
 		"reserved": messages.KindReserved,
 	} {
@@ -169,7 +169,7 @@ func TestPollClaimsDueRowsAndPublishes(t *testing.T) {
 			{r: req{state: "new", computer: 111, start: 20 * time.Minute, rev: revWin, user: userCarol}, due: true, kind: messages.KindNew},
 			{r: req{state: "new", computer: 112, start: 2 * time.Hour}, due: false},
 			{r: req{state: "reload", computer: 113, user: 2}, due: true, kind: messages.KindReload},
-			{r: req{state: "reinstall", last: "inuse", computer: 114, start: 2 * time.Hour}, due: true, kind: messages.KindReload},
+			{r: req{state: "reinstall", last: "inuse", computer: 114, start: 2 * time.Hour}, due: true, kind: messages.KindNew},
 			{r: req{state: "timeout", last: "inuse", computer: 115, start: -time.Hour}, due: true, kind: messages.KindReclaim},
 			{r: req{state: "deleted", last: "reserved", computer: 110, start: -time.Hour}, due: true, kind: messages.KindReclaim},
 			{r: req{state: "image", last: "inuse", computer: 111, rev: revCustom, start: -time.Hour}, due: true, kind: messages.KindImage},

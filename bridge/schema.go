@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/go-sql-driver/mysql"
@@ -40,12 +41,48 @@ var ownTables = []string{
 // EnsureTables creates the bridge's own tables if they are missing. It never touches
 // VCL's tables.
 func EnsureTables(ctx context.Context, db *sql.DB) error {
-	for _, q := range ownTables {
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("create bridge table: %w", err)
+	absent, err := ensureTables(ctx, db)
+	if err != nil {
+		return err
+	}
+	if len(absent) > 0 {
+		acct, err := currentAccount(ctx, db)
+		if err != nil {
+			return err
 		}
+		var missing []Grant
+		for _, g := range Grants {
+			if slices.Contains(absent, g.Table) {
+				missing = append(missing, g)
+			}
+		}
+		return privilegesErr(acct, missing)
 	}
 	return nil
+}
+
+// ownTableNames are the tables of ownTables, in order.
+var ownTableNames = []string{"vclq_outbox", "vclq_applied"}
+
+// ensureTables creates those of the bridge's tables that do not exist yet (an existing
+// one needs no CREATE privilege) and returns those it was not allowed to create.
+func ensureTables(ctx context.Context, db *sql.DB) (absent []string, err error) {
+	for i, q := range ownTables {
+		name := ownTableNames[i]
+		var n int
+		if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?", name).Scan(&n); err != nil {
+			return nil, fmt.Errorf("look for bridge table %s: %w", name, err)
+		}
+		if n > 0 {
+			continue
+		}
+		if _, err := db.ExecContext(ctx, q); isDenied(err) {
+			absent = append(absent, name)
+		} else if err != nil {
+			return nil, fmt.Errorf("create bridge table %s: %w", name, err)
+		}
+	}
+	return absent, nil
 }
 
 // requiredLoadstates must exist in computerloadstate: the bridge writes them itself.

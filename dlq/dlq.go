@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -95,20 +96,33 @@ func (s *Store) Show(ctx context.Context, seq uint64) (Entry, error) {
 
 // Replay re-publishes dead letter seq to its original subject, as a new request
 // (Nats-Msg-Id "replay-<seq>", so replaying twice within the duplicate window queues
-// it once), then deletes the dead letter. It returns the request's new sequence.
+// it once), then deletes the dead letter. It returns the request's new sequence. An
+// event the bridge parked goes back to its event subject (vcl.events.*.<reservation>)
+// with Vclq-Original-Sequence, and the bridge applies it (once: vclq_applied).
 func (s *Store) Replay(ctx context.Context, seq uint64) (uint64, error) {
 	e, err := s.Show(ctx, seq)
 	if err != nil {
 		return 0, err
 	}
-	kind, ok := messages.KindFromSubject(e.OriginalSubject)
-	if !ok {
-		return 0, fmt.Errorf("dead letter %d: original subject %q is not a request subject", seq, e.OriginalSubject)
+	var msg *nats.Msg
+	if strings.HasPrefix(e.OriginalSubject, messages.SubjectLoadlogPrefix) || strings.HasPrefix(e.OriginalSubject, messages.SubjectResultPrefix) {
+		// An event the bridge parked: back to its event subject, with its original
+		// sequence, so the bridge applies it in its place among its reservation's events.
+		if e.OriginalSeq == 0 {
+			return 0, fmt.Errorf("dead letter %d: parked event without its original sequence", seq)
+		}
+		msg = nats.NewMsg(e.OriginalSubject)
+		msg.Header.Set(messages.HeaderOrigSequence, strconv.FormatUint(e.OriginalSeq, 10))
+	} else {
+		kind, ok := messages.KindFromSubject(e.OriginalSubject)
+		if !ok {
+			return 0, fmt.Errorf("dead letter %d: original subject %q is not a request or event subject", seq, e.OriginalSubject)
+		}
+		msg = nats.NewMsg(kind.Subject())
+		msg.Header.Set(messages.HeaderKind, string(kind))
 	}
-	msg := nats.NewMsg(kind.Subject())
 	msg.Data = e.Payload
 	msg.Header.Set(messages.HeaderMsgID, "replay-"+strconv.FormatUint(seq, 10))
-	msg.Header.Set(messages.HeaderKind, string(kind))
 	if e.Reservation > 0 {
 		msg.Header.Set(messages.HeaderReservation, strconv.FormatInt(e.Reservation, 10))
 	}

@@ -32,8 +32,13 @@ func TestParsePath(t *testing.T) {
 		{"/vmfs/volumes/", dsPath{}, true},
 		{"/vmfs/volumes/ds/../x", dsPath{}, true},
 		{"[ds] a/../../b", dsPath{}, true},
-		{"relative/path", dsPath{}, true},
+		{"relative/path", dsPath{}, true}, // a name, not a path
 		{"[ds] $(reboot)", dsPath{}, true},
+		// vcl.sql's form: a bare datastore name is its root.
+		{"datastore1", dsPath{"datastore1", ""}, false},
+		{"datastore1;reboot", dsPath{}, true},
+		{"..", dsPath{}, true},
+		{"ds name", dsPath{}, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.in, func(t *testing.T) {

@@ -180,6 +180,45 @@ func TestLoad(t *testing.T) {
 	}
 }
 
+// TestLoadVCLProfilePathForms (issue 11 item 4): the vmprofile path forms VCL
+// accepts load on a simulated host: a bare datastore name (vcl.sql's own profiles:
+// datastorepath = vmpath = 'datastore1', the datastore's root), "[datastore] path" and
+// /vmfs/volumes/<datastore>/path; a datastore the host lacks is refused by name.
+func TestLoadVCLProfilePathForms(t *testing.T) {
+	cases := []struct{ name, vmPath, vmDir string }{
+		{"bare datastore name", "datastore1", ""},
+		{"[datastore] path", "[datastore1] vms", "vms"},
+		{"/vmfs/volumes path", "/vmfs/volumes/datastore1/vclvms", "vclvms"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := lab(t)
+			c := client(t, h)
+			p := profile(messages.VMDiskShared)
+			p.VMPath = tc.vmPath
+			spec := hypervisor.LoadSpec{Reservation: 3, Slot: slot("pc3", 9), Profile: p, Image: image(baseImage, 12, 3)}
+			if err := c.Load(testCtx(t), spec, nil); err != nil {
+				t.Fatalf("load with vm path %q: %v", tc.vmPath, err)
+			}
+			folders := browse(t, h, "datastore1", tc.vmDir)
+			t.Logf("vm path %q: %d folders in [datastore1] %s", tc.vmPath, len(folders), tc.vmDir)
+			if _, ok := folders[hypervisor.VMName(spec.Slot, spec.Image)]; !ok {
+				t.Errorf("no VM folder %s in [datastore1] %s: %v", hypervisor.VMName(spec.Slot, spec.Image), tc.vmDir, folders)
+			}
+		})
+	}
+	t.Run("datastore the host lacks", func(t *testing.T) {
+		h := lab(t)
+		c := client(t, h)
+		p := profile(messages.VMDiskShared)
+		p.VMPath = "nosuchds"
+		err := c.Load(testCtx(t), hypervisor.LoadSpec{Reservation: 4, Slot: slot("pc4", 10), Profile: p, Image: image(baseImage, 12, 3)}, nil)
+		if err == nil || !strings.Contains(err.Error(), "nosuchds") {
+			t.Fatalf("load onto a missing datastore: %v, want an error naming it", err)
+		}
+	})
+}
+
 func TestLoadTwiceIsIdempotent(t *testing.T) {
 	for _, disk := range []string{messages.VMDiskShared, messages.VMDiskDedicated} {
 		t.Run(disk, func(t *testing.T) {
@@ -415,6 +454,9 @@ func TestLoadValidatesInput(t *testing.T) {
 		{"datastore path outside /vmfs/volumes", func(s *hypervisor.LoadSpec) { s.Profile.DatastorePath = "/etc/vmware" }},
 		{"dot-dot in vm path", func(s *hypervisor.LoadSpec) { s.Profile.VMPath = "[datastore1] vms/../images" }},
 		{"unknown vmdisk", func(s *hypervisor.LoadSpec) { s.Profile.VMDisk = "thick" }},
+		{"datastore name with a shell metacharacter", func(s *hypervisor.LoadSpec) { s.Profile.VMPath = "datastore1;reboot" }},
+		{"datastore name with a command substitution", func(s *hypervisor.LoadSpec) { s.Profile.DatastorePath = "$(reboot)" }},
+		{"bare dot-dot", func(s *hypervisor.LoadSpec) { s.Profile.VMPath = ".." }},
 		{"no RAM anywhere", func(s *hypervisor.LoadSpec) { s.Slot.RAMMB, s.Image.MinRAMMB = 0, 0 }},
 	}
 	for _, tc := range cases {

@@ -16,12 +16,16 @@ type dsPath struct {
 	Path string
 }
 
-// parsePath maps a vmprofile path, "/vmfs/volumes/<datastore>/<path>" or
-// "[<datastore>] <path>", to a datastore and a relative path. The datastore must be
-// named by its name, not by its UUID.
+// parsePath maps a vmprofile path, "/vmfs/volumes/<datastore>/<path>",
+// "[<datastore>] <path>" or a bare datastore name (its root, as in vcl.sql's
+// profiles), to a datastore and a relative path. The datastore must be named by its
+// name, not by its UUID.
 func parsePath(s string) (dsPath, error) {
 	if err := messages.ValidDatastorePath(s); err != nil {
 		return dsPath{}, err
+	}
+	if !strings.HasPrefix(s, "[") && !strings.HasPrefix(s, "/") {
+		return dsPath{DS: s}, nil
 	}
 	if strings.HasPrefix(s, "[") {
 		end := strings.Index(s, "]")

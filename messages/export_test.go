@@ -10,6 +10,7 @@ var GoPatterns = map[string]string{
 	"imageName": imageNameRe.String(),
 	"absPath":   absPathRe.String(),
 	"dsPath":    dsPathRe.String(),
+	"dsName":    dsNameRe.String(),
 	"switch":    switchNameRe.String(),
 	"osName":    osNameRe.String(),
 	"worker":    workerRe.String(),

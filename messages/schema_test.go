@@ -278,7 +278,7 @@ func invalidVariants(base string) []variant {
 		setAt("computer.private_ip", "2001:DB8::1"), setAt("computer.public_ip", ""), setAt("computer.eth0_mac", "00-50-56-00-00-1f"),
 		setAt("computer.ram_mb", 0), setAt("computer.cpus", 769), setAt("computer.cpus", 2.5),
 		setAt("vmhost.hostname", "$(id)"), setAt("vmhost.profile.datastore_path", "/vmfs/../etc"),
-		setAt("vmhost.profile.datastore_path", "[ds] a/../b"), setAt("vmhost.profile.datastore_path", "relative"),
+		setAt("vmhost.profile.datastore_path", "[ds] a/../b"), setAt("vmhost.profile.datastore_path", "relative/path"), setAt("vmhost.profile.datastore_path", "datastore1;id"),
 		setAt("vmhost.profile.virtual_switch0", "a;b"), setAt("vmhost.profile.vmdisk", "x"),
 		setAt("image.name", "a..b"), setAt("image.name", "a/b"), setAt("image.name", "-x"), setAt("image.os_type", "bsd"),
 		setAt("image.os_name", "x`id`"), setAt("image.revision", -1),

@@ -34,6 +34,7 @@ var (
 	// An absolute POSIX path of safe characters, or a vSphere datastore path "[ds] dir".
 	absPathRe    = regexp.MustCompile(`^/[A-Za-z0-9._/-]{0,254}$`)
 	dsPathRe     = regexp.MustCompile(`^\[[A-Za-z0-9._-][A-Za-z0-9 ._-]{0,79}\](?: [A-Za-z0-9._/-]{0,200})?$`)
+	dsNameRe     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$`)
 	switchNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9 ._-]{0,79}$`)
 	osNameRe     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9 ._()+,-]{0,99}$`)
 	workerRe     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$`)
@@ -124,12 +125,15 @@ func ValidImageName(s string) error {
 	return nil
 }
 
-// ValidDatastorePath reports whether s is an absolute path such as
-// /vmfs/volumes/datastore1/vms or a datastore path such as "[datastore1] vms", with no
-// ".." segment.
+// ValidDatastorePath reports whether s is one of the vmprofile path forms VCL
+// accepts: an absolute path such as /vmfs/volumes/datastore1/vms (a datastore's name
+// or UUID after /vmfs/volumes/), a datastore path such as "[datastore1] vms", or a
+// bare datastore name such as datastore1 (its root; the form of vcl.sql's profiles),
+// with no "." or ".." segment and no character outside [A-Za-z0-9._/-] (and spaces in
+// a bracketed datastore name).
 func ValidDatastorePath(s string) error {
-	if !absPathRe.MatchString(s) && !dsPathRe.MatchString(s) {
-		return fmt.Errorf("path %q is neither an absolute path nor \"[datastore] path\" of safe characters", s)
+	if !absPathRe.MatchString(s) && !dsPathRe.MatchString(s) && !dsNameRe.MatchString(s) {
+		return fmt.Errorf("path %q is neither an absolute path, \"[datastore] path\" nor a datastore name of safe characters", s)
 	}
 	for _, seg := range strings.FieldsFunc(s, func(r rune) bool { return r == '/' || r == ' ' }) {
 		if seg == ".." || seg == "." {

@@ -53,7 +53,7 @@ func NewBridge(reg prometheus.Registerer) (*Bridge, error) {
 		failed:     c("rows_failed_total", "Request rows failed in the database because they cannot become a valid request."),
 		polls:      cv("polls_total", "Polls of the request table, by outcome (ok, error).", "outcome"),
 		applied:    cv("events_applied_total", "Events written to the database, by type (loadlog, result).", "type"),
-		terminated: cv("events_terminated_total", "Events that can never apply (invalid, refused by the schema), terminated, by type.", "type"),
+		terminated: cv("events_terminated_total", "Events that could not be applied and were parked as dead letters (replayable), by type.", "type"),
 		lag: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Subsystem: sub,
 			Name: "apply_lag_seconds", Help: "Time from an event's storage in VCL_EVENTS to its commit in the database, by type.",
 			Buckets: lagBuckets()}, []string{"type"}),

@@ -125,6 +125,7 @@ CREATE TABLE `image` (
   `minram` mediumint(8) unsigned NOT NULL DEFAULT '0',
   `minprocnumber` tinyint(3) unsigned NOT NULL DEFAULT '0',
   `deleted` tinyint(1) unsigned NOT NULL DEFAULT '0',
+  `lastupdate` datetime DEFAULT NULL,
   `size` smallint(5) unsigned NOT NULL DEFAULT '0',
   PRIMARY KEY (`id`),
   UNIQUE KEY `name` (`name`),

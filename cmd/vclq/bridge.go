@@ -26,7 +26,7 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 		nc       natsconn.Config
 		cfg      bridge.Config
 		dsn      = os.Getenv("VCLQ_BRIDGE_MYSQL")
-		mns      = os.Getenv("VCLQ_MANAGEMENT_NODE")
+		mns      = managementNodesEnv()
 		sealKey  = os.Getenv("VCLQ_SEAL_KEY")
 		keygen   string
 		noEnsure bool
@@ -37,7 +37,7 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 	fs := flagSet(e, "bridge", "--mysql DSN --management-node ID[,ID] [--seal-key FILE] [flags]")
 	nc.RegisterFlags(fs)
 	fs.StringVar(&dsn, "mysql", dsn, "VCL database, go-sql-driver DSN user:pass@tcp(host:3306)/vcl ($VCLQ_BRIDGE_MYSQL; prefer the variable: flags show in ps)")
-	fs.StringVar(&mns, "management-node", mns, "managementnode id(s) this bridge serves, comma separated ($VCLQ_MANAGEMENT_NODE)")
+	fs.StringVar(&mns, "management-node", mns, "managementnode id(s) this bridge serves, comma separated ($VCLQ_MANAGEMENT_NODES)")
 	fs.DurationVar(&cfg.Interval, "interval", bridge.DefaultInterval, "poll interval (vcld's check-in interval)")
 	fs.DurationVar(&cfg.Preload, "preload", bridge.DefaultPreload, "publish new and reload requests this long before their start")
 	fs.IntVar(&cfg.PollLimit, "poll-limit", bridge.DefaultPollLimit, "rows read per poll")
@@ -123,6 +123,17 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 		}
 		return exitFailure
 	}
+	// Then every privilege the bridge needs, before anything is claimed.
+	if err := bridge.CheckPrivileges(ctx, db); err != nil {
+		if ctx.Err() != nil {
+			return exitOK
+		}
+		fmt.Fprintln(e.stderr, "vclq bridge:", err)
+		if errors.Is(err, bridge.ErrPrivileges) || errors.Is(err, bridge.ErrSchema) {
+			return exitUsage
+		}
+		return exitFailure
+	}
 	var b *bridge.Bridge
 	// Then NATS: converge (create what is missing, change nothing), then the bridge's
 	// own checks of the database (schema, management nodes). A NATS or database that
@@ -142,7 +153,7 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 			}
 		}
 		b, err = bridge.New(wctx, db, js, cfg, log)
-		if errors.Is(err, bridge.ErrConfig) || errors.Is(err, bridge.ErrSchema) {
+		if errors.Is(err, bridge.ErrConfig) || errors.Is(err, bridge.ErrSchema) || errors.Is(err, bridge.ErrPrivileges) {
 			conn.Close()
 			return false, wait.Permanent(err)
 		}
@@ -157,7 +168,7 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 	if ctx.Err() != nil {
 		return exitOK
 	}
-	if errors.Is(err, bridge.ErrConfig) || errors.Is(err, bridge.ErrSchema) {
+	if errors.Is(err, bridge.ErrConfig) || errors.Is(err, bridge.ErrSchema) || errors.Is(err, bridge.ErrPrivileges) {
 		fmt.Fprintln(e.stderr, "vclq bridge:", err)
 		return exitUsage
 	}
@@ -170,9 +181,24 @@ func runBridge(ctx context.Context, e *env, args []string) int {
 		Dur("interval", cfg.Interval).Bool("seal_key", cfg.SealKey != nil).Msg("bridge started")
 	if err := b.Run(ctx); err != nil {
 		log.Error().Err(err).Msg("bridge")
+		fmt.Fprintln(e.stderr, "vclq bridge:", err)
+		// A refused statement, login or database, or a wrong schema: a restart does not
+		// help (systemd: RestartPreventExitStatus=2).
+		if errors.Is(err, bridge.ErrPrivileges) || errors.Is(err, bridge.ErrSchema) {
+			return exitUsage
+		}
 		return exitFailure
 	}
 	return exitOK
+}
+
+// managementNodesEnv is $VCLQ_MANAGEMENT_NODES, or the older singular
+// $VCLQ_MANAGEMENT_NODE when that is unset.
+func managementNodesEnv() string {
+	if v := os.Getenv("VCLQ_MANAGEMENT_NODES"); v != "" {
+		return v
+	}
+	return os.Getenv("VCLQ_MANAGEMENT_NODE")
 }
 
 func sealKeygen(e *env, path string) int {

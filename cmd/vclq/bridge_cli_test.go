@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vclq/vclq/bridge"
 	bt "github.com/vclq/vclq/bridge/bridgetest"
 	"github.com/vclq/vclq/internal/testutil"
 	"github.com/vclq/vclq/streams"
@@ -144,4 +145,68 @@ func streamNames(t *testing.T, j *testutil.JetStream) []string {
 		t.Fatalf("list streams: %v", err)
 	}
 	return names
+}
+
+// TestBridgeMissingGrantExits2 (issue 11 item 1): a bridge whose account lacks one
+// documented grant (UPDATE on vclq_outbox, on reservationaccounts) exits 2 within
+// seconds, names the grant to paste, and has not touched NATS.
+func TestBridgeMissingGrantExits2(t *testing.T) {
+	if err := bt.Reachable(context.Background()); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("MariaDB unreachable under CI: %v", err)
+		}
+		t.Skipf("MariaDB at %s unreachable: %v", bt.Addr(), err)
+	}
+	grants, err := bt.DocumentedGrants()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{"vclq_outbox", "reservationaccounts"} {
+		t.Run(table, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			d, err := bt.Create(ctx, bt.SchemaOwn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(d.Drop)
+			if err := bt.LoadSite(ctx, d.SQL, 0); err != nil {
+				t.Fatal(err)
+			}
+			// The bridge's tables exist (a bridge ran before): only UPDATE is missing.
+			if err := bridge.EnsureTables(ctx, d.SQL); err != nil {
+				t.Fatal(err)
+			}
+			var kept []string
+			for _, g := range grants {
+				if strings.Contains(g, "`"+table+"`") {
+					g = strings.Replace(g, "UPDATE, ", "", 1)
+					g = strings.Replace(g, ", UPDATE ON", " ON", 1)
+				}
+				kept = append(kept, g)
+			}
+			u, drop, err := bt.CreateUser(ctx, d.Name, kept)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(drop)
+			j := testutil.StartJetStream(t)
+			var stderr bytes.Buffer
+			start := time.Now()
+			code := run(ctx, []string{"bridge", "--nats", j.URL, "--mysql", u.DSN, "--management-node", "100", "--startup-timeout", "5s"},
+				strings.NewReader(""), &bytes.Buffer{}, &stderr)
+			elapsed := time.Since(start)
+			want := "GRANT UPDATE ON `" + d.Name + "`.`" + table + "` TO " + u.Quoted + ";"
+			t.Logf("exit %d after %s; stderr: %s", code, elapsed.Round(time.Millisecond), strings.TrimSpace(stderr.String()))
+			if code != exitUsage || !strings.Contains(stderr.String(), want) || strings.Count(stderr.String(), "GRANT") != 1 {
+				t.Errorf("exit %d, stderr %q; want %d naming %s only", code, stderr.String(), exitUsage, want)
+			}
+			if elapsed > 10*time.Second {
+				t.Errorf("took %s", elapsed)
+			}
+			if names := streamNames(t, j); len(names) != 0 {
+				t.Errorf("streams created: %v", names)
+			}
+		})
+	}
 }
