@@ -120,7 +120,7 @@ func Queue(ctx context.Context, w io.Writer) error {
 	fmt.Fprintf(w, "| the same pool without per-slot ordering (measurement only) | %.0f jobs/s |\n", unordered)
 	fmt.Fprintf(w, "| the same pool with metrics on, /metrics scraped every second | %.0f jobs/s |\n", median(meteredRates))
 	fmt.Fprintf(w, "| the same pool on a server with `sync_interval: always` (%d jobs per round) | %.0f jobs/s |\n", queueSyncedMessages, median(syncedRates))
-	fmt.Fprintf(w, "\nPer-slot ordering (admission: a leader read of the slot's record and a compare-and-set write per job) "+
+	fmt.Fprintf(w, "\nPer-slot ordering (admission: one compare-and-set write of the slot's record per job when this worker wrote it last, else a leader read and the write) "+
 		"keeps **%.0f%%** of the unordered pool's rate in the same run (rounds without it: %s jobs/s).\n", 100*poolRate/unordered, rates(unorderedRates))
 	fmt.Fprintf(w, "\nWith `sync_interval: always` (every stored write fsynced before its ack; deployments/nats and docs/deploy.md "+
 		"choose it) the pool keeps **%.0f%%** of its rate on the default 2-minute interval (rounds: %s jobs/s): far above a VCL "+

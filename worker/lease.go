@@ -100,9 +100,12 @@ func (p *Pool) acquire(ctx context.Context, j *job, waited bool) (*lease, error)
 			}
 			if errors.Is(err, jetstream.ErrKeyExists) {
 				if !waited {
+					// Get on the waiting list at once (no pause first): an older
+					// request that arrives now must find this one listed.
 					j.log.Info().Str("slot", key).Msg("slot busy: waiting")
+					waited = true
+					continue
 				}
-				waited = true
 			} else {
 				lastErr = err
 				j.log.Warn().Err(err).Str("slot", key).Msg("claim slot failed, retrying")
