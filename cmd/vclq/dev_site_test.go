@@ -160,7 +160,7 @@ func checkSiteHost(ctx context.Context, t *testing.T, h devlab.SiteHost) {
 	}
 	f.SetDatacenter(dc)
 	for _, ds := range h.Datastores {
-		if _, err := f.Datastore(ctx, ds.Name); err != nil || ds.URL == "" {
+		if _, err := f.Datastore(ctx, ds.Name); err != nil || ds.URL == "" || ds.UUID == "" {
 			t.Errorf("host %s: datastore %+v: %v", h.Name, ds, err)
 		}
 	}

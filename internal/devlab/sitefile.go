@@ -51,6 +51,9 @@ type SiteHost struct {
 type SiteDatastore struct {
 	Name string `json:"name"`
 	URL  string `json:"url"`
+	// UUID is the VMFS volume's: /vmfs/volumes/<uuid>/path names the datastore in a
+	// vmprofile as well as its name does.
+	UUID string `json:"uuid,omitempty"`
 }
 
 // SiteImage is a base image seeded on every host.
@@ -127,11 +130,15 @@ func siteHost(ctx context.Context, h *esxsim.Host) (SiteHost, error) {
 		refs[i] = d.Reference()
 	}
 	var mds []mo.Datastore
-	if err := property.DefaultCollector(c).Retrieve(ctx, refs, []string{"summary"}, &mds); err != nil {
+	if err := property.DefaultCollector(c).Retrieve(ctx, refs, []string{"summary", "info"}, &mds); err != nil {
 		return SiteHost{}, fmt.Errorf("read datastores: %w", err)
 	}
 	for _, d := range mds {
-		sh.Datastores = append(sh.Datastores, SiteDatastore{Name: d.Summary.Name, URL: d.Summary.Url})
+		sd := SiteDatastore{Name: d.Summary.Name, URL: d.Summary.Url}
+		if v, ok := d.Info.(*types.VmfsDatastoreInfo); ok && v.Vmfs != nil {
+			sd.UUID = v.Vmfs.Uuid
+		}
+		sh.Datastores = append(sh.Datastores, sd)
 	}
 	slices.SortFunc(sh.Datastores, func(a, b SiteDatastore) int { return strings.Compare(a.Name, b.Name) })
 	nets, err := f.NetworkList(ctx, "*")
