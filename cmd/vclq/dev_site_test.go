@@ -223,3 +223,21 @@ func TestDevFlagCombinationsRefused(t *testing.T) {
 		}
 	}
 }
+
+// `--no-demo --once` exits at once, 0, after writing the site file; `--workers 2` runs
+// two embedded workers that share the reservations.
+func TestDevNoDemoOnceAndWorkers(t *testing.T) {
+	siteFile := filepath.Join(t.TempDir(), "site.json")
+	code, _, errs := vclqRun(t, "", "dev", "--no-demo", "--once", "--site-file", siteFile, "--guests", "none", "--hosts", "1", "--slots", "1")
+	if code != exitOK {
+		t.Fatalf("--no-demo --once: exit %d\n%s", code, errs)
+	}
+	var site devlab.SiteFile
+	if b, err := os.ReadFile(siteFile); err != nil || json.Unmarshal(b, &site) != nil || site.Workers != 1 || len(site.Slots) != 1 {
+		t.Fatalf("site file after --once: %v %+v", err, site)
+	}
+	code, out, errs := vclqRun(t, "", "dev", "--workers", "2", "--once", "--requests", "4", "--json", "--guests", "none", "--hosts", "1", "--slots", "2")
+	if code != exitOK {
+		t.Fatalf("--workers 2: exit %d\n%s\n%s", code, out, errs)
+	}
+}
