@@ -27,13 +27,17 @@ func (c *ESX) Capture(ctx context.Context, spec CaptureSpec, shutdown ShutdownFu
 	if err := spec.Slot.Validate(); err != nil {
 		return CaptureResult{}, err
 	}
-	pp, err := spec.Profile.paths()
-	if err != nil {
-		return CaptureResult{}, err
-	}
 	if err := messages.ValidImageName(spec.Target); err != nil {
 		return CaptureResult{}, fmt.Errorf("%w: target: %w", ErrInvalid, err)
 	}
+	if _, err := spec.Profile.paths(); err != nil {
+		return CaptureResult{}, err
+	}
+	var err error
+	if spec.Profile, err = c.resolveProfile(ctx, spec.Slot.ShortName, spec.Profile); err != nil {
+		return CaptureResult{}, err
+	}
+	pp, _ := spec.Profile.paths()
 	short, target := spec.Slot.ShortName, spec.Target
 	op := "capture " + target
 	log := c.log.With().Int64("reservation", spec.Reservation).Int64("computer", spec.Slot.ComputerID).Str("slot", short).Str("image", target).Logger()

@@ -62,9 +62,11 @@ type inventory struct {
 	host   *object.HostSystem
 	finder *find.Finder
 
-	mu   sync.Mutex
-	dss  map[string]datastoreRefs
-	nets map[string]types.BaseVirtualDeviceBackingInfo
+	mu  sync.Mutex
+	dss map[string]datastoreRefs
+	// dsUUIDs maps the datastore UUIDs vmprofiles named to the datastores' names.
+	dsUUIDs map[string]string
+	nets    map[string]types.BaseVirtualDeviceBackingInfo
 }
 
 // datastoreRefs are a datastore and its browser, looked up once per login.
@@ -298,7 +300,7 @@ func (c *ESX) inventory(ctx context.Context, s *hostSession) (*inventory, error)
 	if err != nil {
 		return nil, err
 	}
-	inv = &inventory{dc: dc, folder: folders.VmFolder, pool: pool, host: host, finder: f, dss: map[string]datastoreRefs{}, nets: map[string]types.BaseVirtualDeviceBackingInfo{}}
+	inv = &inventory{dc: dc, folder: folders.VmFolder, pool: pool, host: host, finder: f, dss: map[string]datastoreRefs{}, dsUUIDs: map[string]string{}, nets: map[string]types.BaseVirtualDeviceBackingInfo{}}
 	c.mu.Lock()
 	s.inv = inv
 	c.mu.Unlock()

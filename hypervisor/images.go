@@ -11,12 +11,12 @@ import (
 // ImageExists reports whether the base image <datastorepath>/<name>/<name>.vmdk is on
 // the host's datastore (VCL's does_image_exist).
 func (c *ESX) ImageExists(ctx context.Context, p Profile, name string) (bool, error) {
-	pp, err := p.paths()
-	if err != nil {
-		return false, err
-	}
 	if err := messages.ValidImageName(name); err != nil {
 		return false, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	pp, err := c.hostPaths(ctx, "", p)
+	if err != nil {
+		return false, err
 	}
 	return c.exists(ctx, "", pp.basePath(name))
 }
@@ -24,12 +24,12 @@ func (c *ESX) ImageExists(ctx context.Context, p Profile, name string) (bool, er
 // ImageSize is the base image's size in MB (rounded up) on the host's datastore: its
 // descriptor plus extents (VCL's get_image_size). A missing image is ErrNotFound.
 func (c *ESX) ImageSize(ctx context.Context, p Profile, name string) (int64, error) {
-	pp, err := p.paths()
-	if err != nil {
-		return 0, err
-	}
 	if err := messages.ValidImageName(name); err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	pp, err := c.hostPaths(ctx, "", p)
+	if err != nil {
+		return 0, err
 	}
 	b, err := c.imageBytes(ctx, "", pp.basePath(name))
 	return ceilMB(b), err
@@ -57,12 +57,12 @@ func (c *ESX) imageBytes(ctx context.Context, slot string, base dsPath) (int64, 
 // move discards its copy. An image already present is success. Without a repository,
 // or when the repository lacks the image, it fails with ErrNotFound.
 func (c *ESX) RetrieveImage(ctx context.Context, p Profile, name string) error {
-	pp, err := p.paths()
-	if err != nil {
-		return err
-	}
 	if err := messages.ValidImageName(name); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	pp, err := c.hostPaths(ctx, "", p)
+	if err != nil {
+		return err
 	}
 	base := pp.basePath(name)
 	unlock, err := c.lockImage(ctx, c.cfg.Name+"|"+base.String())

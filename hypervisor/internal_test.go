@@ -12,6 +12,7 @@ import (
 
 	"github.com/vmware/govmomi/task"
 	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -170,6 +171,28 @@ func TestBackoffIsBounded(t *testing.T) {
 		d := c.backoff(attempt)
 		if d <= 0 || d > 1000 {
 			t.Fatalf("attempt %d: backoff %v out of (0, 1000]", attempt, d)
+		}
+	}
+}
+
+// datastoreUUID reads the UUID ESX reports in every datastore's URL, or a VMFS
+// volume's; a local path (vcsim's URL) or a URL with more path has none.
+func TestDatastoreUUID(t *testing.T) {
+	const u = "5f1b2c3d-4e5f6a7b-8c9d-0a1b2c3d4e5f"
+	for _, tc := range []struct {
+		name string
+		ds   mo.Datastore
+		want string
+	}{
+		{"ESX url", mo.Datastore{Summary: types.DatastoreSummary{Url: "ds:///vmfs/volumes/" + u + "/"}}, u},
+		{"ESX url without slash", mo.Datastore{Summary: types.DatastoreSummary{Url: "ds:///vmfs/volumes/" + u}}, u},
+		{"NFS url", mo.Datastore{Summary: types.DatastoreSummary{Url: "ds:///vmfs/volumes/3bd9a3d0-4a5e02ba/"}}, "3bd9a3d0-4a5e02ba"},
+		{"VMFS info", mo.Datastore{Summary: types.DatastoreSummary{Url: "/tmp/ds1"}, Info: &types.VmfsDatastoreInfo{Vmfs: &types.HostVmfsVolume{Uuid: u}}}, u},
+		{"local path", mo.Datastore{Summary: types.DatastoreSummary{Url: "/tmp/ds1"}, Info: &types.LocalDatastoreInfo{}}, ""},
+		{"url with more path", mo.Datastore{Summary: types.DatastoreSummary{Url: "ds:///vmfs/volumes/" + u + "/sub/"}}, ""},
+	} {
+		if got := datastoreUUID(tc.ds); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
 	}
 }

@@ -34,6 +34,9 @@ func (c *ESX) Load(ctx context.Context, spec LoadSpec, progress Progress) error 
 	if err := spec.Validate(); err != nil {
 		return err
 	}
+	if err := c.resolveSpec(ctx, &spec); err != nil {
+		return err
+	}
 	pp, _ := spec.Profile.paths()
 	im := spec.Image
 	log := c.log.With().Int64("reservation", spec.Reservation).Int64("computer", spec.Slot.ComputerID).Str("slot", spec.Slot.ShortName).Logger()
@@ -120,6 +123,9 @@ func (c *ESX) CheckSpace(ctx context.Context, spec LoadSpec) error {
 	if err := spec.Validate(); err != nil {
 		return err
 	}
+	if err := c.resolveSpec(ctx, &spec); err != nil {
+		return err
+	}
 	pp, _ := spec.Profile.paths()
 	short := spec.Slot.ShortName
 	size, err := c.imageBytes(ctx, short, pp.basePath(spec.Image.Name))
@@ -172,6 +178,9 @@ func (c *ESX) checkSpace(ctx context.Context, spec LoadSpec, size int64, present
 // so it is complete). A missing base image is ErrNotFound: call RetrieveImage first.
 func (c *ESX) TransferDisk(ctx context.Context, spec LoadSpec) error {
 	if err := spec.Validate(); err != nil {
+		return err
+	}
+	if err := c.resolveSpec(ctx, &spec); err != nil {
 		return err
 	}
 	return c.transferDisk(ctx, spec, nil)
@@ -236,6 +245,9 @@ func (c *ESX) transferDisk(ctx context.Context, spec LoadSpec, baseSize *int64) 
 // The disk is part of CreateVM's spec, so a failed SetupVM leaves no VM registered.
 func (c *ESX) SetupVM(ctx context.Context, spec LoadSpec) error {
 	if err := spec.Validate(); err != nil {
+		return err
+	}
+	if err := c.resolveSpec(ctx, &spec); err != nil {
 		return err
 	}
 	_, err := c.setupVM(ctx, spec, false)

@@ -182,39 +182,78 @@ func TestLoad(t *testing.T) {
 
 // TestLoadVCLProfilePathForms (issue 11 item 4): the vmprofile path forms VCL
 // accepts load on a simulated host: a bare datastore name (vcl.sql's own profiles:
-// datastorepath = vmpath = 'datastore1', the datastore's root), "[datastore] path" and
-// /vmfs/volumes/<datastore>/path; a datastore the host lacks is refused by name.
+// datastorepath = vmpath = 'datastore1', the datastore's root), "[datastore] path",
+// /vmfs/volumes/<datastore>/path and /vmfs/volumes/<datastore uuid>/path (resolved
+// against the host's datastores); a datastore the host lacks, by name or by UUID, is
+// refused naming it, and a UUID path with traversal or shell metacharacters is
+// refused before any host call.
 func TestLoadVCLProfilePathForms(t *testing.T) {
-	cases := []struct{ name, vmPath, vmDir string }{
-		{"bare datastore name", "datastore1", ""},
-		{"[datastore] path", "[datastore1] vms", "vms"},
-		{"/vmfs/volumes path", "/vmfs/volumes/datastore1/vclvms", "vclvms"},
+	uuid := func(h *esxsim.Host, ds string) string { return h.DatastoreUUIDs[ds] }
+	cases := []struct {
+		name   string
+		vmPath func(h *esxsim.Host) string
+		vmDir  string
+	}{
+		{"bare datastore name", func(*esxsim.Host) string { return "datastore1" }, ""},
+		{"[datastore] path", func(*esxsim.Host) string { return "[datastore1] vms" }, "vms"},
+		{"/vmfs/volumes path", func(*esxsim.Host) string { return "/vmfs/volumes/datastore1/vclvms" }, "vclvms"},
+		{"/vmfs/volumes/<uuid> path", func(h *esxsim.Host) string { return "/vmfs/volumes/" + uuid(h, "datastore1") + "/vclvms" }, "vclvms"},
+		{"/vmfs/volumes/<uuid> root", func(h *esxsim.Host) string { return "/vmfs/volumes/" + uuid(h, "datastore1") }, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			h := lab(t)
 			c := client(t, h)
 			p := profile(messages.VMDiskShared)
-			p.VMPath = tc.vmPath
+			p.VMPath = tc.vmPath(h)
+			if uuid(h, "datastore1") == "" {
+				t.Fatal("esxsim gave datastore1 no UUID")
+			}
+			t.Logf("vm path %q", p.VMPath)
 			spec := hypervisor.LoadSpec{Reservation: 3, Slot: slot("pc3", 9), Profile: p, Image: image(baseImage, 12, 3)}
 			if err := c.Load(testCtx(t), spec, nil); err != nil {
-				t.Fatalf("load with vm path %q: %v", tc.vmPath, err)
+				t.Fatalf("load with vm path %q: %v", p.VMPath, err)
 			}
 			folders := browse(t, h, "datastore1", tc.vmDir)
-			t.Logf("vm path %q: %d folders in [datastore1] %s", tc.vmPath, len(folders), tc.vmDir)
+			t.Logf("vm path %q: %d folders in [datastore1] %s", p.VMPath, len(folders), tc.vmDir)
 			if _, ok := folders[hypervisor.VMName(spec.Slot, spec.Image)]; !ok {
 				t.Errorf("no VM folder %s in [datastore1] %s: %v", hypervisor.VMName(spec.Slot, spec.Image), tc.vmDir, folders)
 			}
 		})
 	}
-	t.Run("datastore the host lacks", func(t *testing.T) {
+	for _, tc := range []struct{ name, vmPath, want string }{
+		{"datastore the host lacks", "nosuchds", "nosuchds"},
+		{"datastore UUID the host lacks", "/vmfs/volumes/5f1b2c3d-4e5f6a7b-8c9d-0a1b2c3d4e5f/vms", `no datastore named or with UUID "5f1b2c3d-4e5f6a7b-8c9d-0a1b2c3d4e5f"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := lab(t)
+			c := client(t, h)
+			p := profile(messages.VMDiskShared)
+			p.VMPath = tc.vmPath
+			err := c.Load(testCtx(t), hypervisor.LoadSpec{Reservation: 4, Slot: slot("pc4", 10), Profile: p, Image: image(baseImage, 12, 3)}, nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, hypervisor.ErrNotFound) {
+				t.Fatalf("load onto a missing datastore: %v, want ErrNotFound naming %s", err, tc.want)
+			}
+			if len(slotVMs(t, h, "pc4")) != 0 {
+				t.Errorf("a VM was made for a profile whose datastore the host lacks")
+			}
+		})
+	}
+	t.Run("unsafe uuid paths", func(t *testing.T) {
 		h := lab(t)
 		c := client(t, h)
-		p := profile(messages.VMDiskShared)
-		p.VMPath = "nosuchds"
-		err := c.Load(testCtx(t), hypervisor.LoadSpec{Reservation: 4, Slot: slot("pc4", 10), Profile: p, Image: image(baseImage, 12, 3)}, nil)
-		if err == nil || !strings.Contains(err.Error(), "nosuchds") {
-			t.Fatalf("load onto a missing datastore: %v, want an error naming it", err)
+		u := h.DatastoreUUIDs["datastore1"]
+		for _, bad := range []string{"/vmfs/volumes/" + u + "/../etc", "/vmfs/volumes/" + u + "/vms;reboot", "/vmfs/volumes/" + u + "/$(id)", "/vmfs/volumes/" + u + "/./vms"} {
+			p := profile(messages.VMDiskShared)
+			p.VMPath = bad
+			before, _ := h.FaultStats()
+			err := c.Load(testCtx(t), hypervisor.LoadSpec{Reservation: 5, Slot: slot("pc5", 11), Profile: p, Image: image(baseImage, 12, 3)}, nil)
+			if err == nil {
+				t.Errorf("vm path %q accepted", bad)
+			}
+			if after, _ := h.FaultStats(); after != before {
+				t.Errorf("vm path %q: %d host calls before it was refused", bad, after-before)
+			}
 		}
 	})
 }

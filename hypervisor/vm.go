@@ -128,7 +128,7 @@ func (c *ESX) Status(ctx context.Context, slot Slot, p Profile) (VMStatus, error
 	if err := slot.Validate(); err != nil {
 		return VMStatus{}, err
 	}
-	pp, err := p.paths()
+	pp, err := c.hostPaths(ctx, slot.ShortName, p)
 	if err != nil {
 		return VMStatus{}, err
 	}
@@ -171,7 +171,7 @@ func (c *ESX) RemoveSlotVMs(ctx context.Context, slot Slot, p Profile) error {
 	if err := slot.Validate(); err != nil {
 		return err
 	}
-	pp, err := p.paths()
+	pp, err := c.hostPaths(ctx, slot.ShortName, p)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package worker
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Context causes of a job's cancellation: a handler reads them with context.Cause.
@@ -72,3 +73,32 @@ type CodedError struct {
 
 func (e *CodedError) Error() string { return fmt.Sprintf("%s: %v", e.Code, e.Err) }
 func (e *CodedError) Unwrap() error { return e.Err }
+
+// ConsumerMismatchError is Run's error when the worker's AckWait or MaxDeliver differs
+// from the workers' consumer's (the consumer is shared: every worker must agree with
+// it). It wraps ErrConfig. It carries the consumer's whole settings, so that a command
+// changing some of them can keep the others.
+type ConsumerMismatchError struct {
+	Consumer   string
+	Mismatches []Mismatch
+	// The consumer's settings, and the replicas of its stream.
+	ConsumerAckWait    string
+	ConsumerMaxDeliver int
+	StreamReplicas     int
+}
+
+// Mismatch is one setting ("ack wait" or "max deliver") with the worker's value and
+// the consumer's.
+type Mismatch struct {
+	Setting, Worker, Consumer string
+}
+
+func (e *ConsumerMismatchError) Error() string {
+	parts := make([]string, len(e.Mismatches))
+	for i, m := range e.Mismatches {
+		parts[i] = fmt.Sprintf("%s %s does not match consumer %s's %s", m.Setting, m.Worker, e.Consumer, m.Consumer)
+	}
+	return fmt.Sprintf("%v: %s", ErrConfig, strings.Join(parts, "; "))
+}
+
+func (e *ConsumerMismatchError) Unwrap() error { return ErrConfig }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -170,15 +171,8 @@ func (p *Pool) setup(ctx context.Context) error {
 		return fmt.Errorf("worker %s: consumer %s on %s (run `vclq nats init`): %w", p.cfg.ID, messages.ConsumerWorkers, messages.StreamRequests, err)
 	}
 	ci := p.cons.CachedInfo()
-	if p.cfg.AckWait == 0 {
-		p.cfg.AckWait = ci.Config.AckWait
-	} else if p.cfg.AckWait != ci.Config.AckWait {
-		return fmt.Errorf("%w: ack wait %s does not match consumer %s's %s", ErrConfig, p.cfg.AckWait, messages.ConsumerWorkers, ci.Config.AckWait)
-	}
-	if p.cfg.MaxDeliver == 0 {
-		p.cfg.MaxDeliver = ci.Config.MaxDeliver
-	} else if p.cfg.MaxDeliver != ci.Config.MaxDeliver {
-		return fmt.Errorf("%w: max deliver %d does not match consumer %s's %d", ErrConfig, p.cfg.MaxDeliver, messages.ConsumerWorkers, ci.Config.MaxDeliver)
+	if err := p.matchConsumer(sctx, ci); err != nil {
+		return err
 	}
 	if p.cfg.AckWait < 300*time.Millisecond {
 		return fmt.Errorf("%w: ack wait %s is too short", ErrConfig, p.cfg.AckWait)
@@ -194,6 +188,30 @@ func (p *Pool) setup(ctx context.Context) error {
 	}
 	p.ready.bound.Store(true)
 	return nil
+}
+
+// matchConsumer takes AckWait and MaxDeliver the worker left unset from the consumer,
+// and refuses values that differ from the consumer's (*ConsumerMismatchError).
+func (p *Pool) matchConsumer(ctx context.Context, ci *jetstream.ConsumerInfo) error {
+	e := &ConsumerMismatchError{Consumer: messages.ConsumerWorkers, ConsumerAckWait: ci.Config.AckWait.String(),
+		ConsumerMaxDeliver: ci.Config.MaxDeliver, StreamReplicas: 1}
+	if p.cfg.AckWait == 0 {
+		p.cfg.AckWait = ci.Config.AckWait
+	} else if p.cfg.AckWait != ci.Config.AckWait {
+		e.Mismatches = append(e.Mismatches, Mismatch{"ack wait", p.cfg.AckWait.String(), ci.Config.AckWait.String()})
+	}
+	if p.cfg.MaxDeliver == 0 {
+		p.cfg.MaxDeliver = ci.Config.MaxDeliver
+	} else if p.cfg.MaxDeliver != ci.Config.MaxDeliver {
+		e.Mismatches = append(e.Mismatches, Mismatch{"max deliver", strconv.Itoa(p.cfg.MaxDeliver), strconv.Itoa(ci.Config.MaxDeliver)})
+	}
+	if len(e.Mismatches) == 0 {
+		return nil
+	}
+	if s, err := p.js.Stream(ctx, messages.StreamRequests); err == nil {
+		e.StreamReplicas = s.CachedInfo().Config.Replicas
+	}
+	return e
 }
 
 // maxPulls bounds the pull requests one pool keeps open at once (the consumer's

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -35,7 +37,6 @@ type devEnv struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	lab    *devlab.Lab
-	pool   *worker.Pool
 	e      *env
 	// info receives the human lines (URLs, slots, demo progress): stdout, or stderr
 	// with --json, whose stdout carries JSON objects only.
@@ -49,6 +50,10 @@ type devOptions struct {
 	slots       int
 	guests      string
 	concurrency int
+	workers     int
+	noDemo      bool
+	siteFile    string
+	sealKey     string
 	once        bool
 	requests    int
 	json        bool
@@ -63,6 +68,20 @@ var devStarters = []struct {
 	{"nats", startDevNATS},
 	{"site", startDevSite},
 	{"workers", startDevWorkers},
+	{"site file", writeDevSiteFile},
+}
+
+// check refuses combinations that could not do what they say.
+func (o devOptions) check() error {
+	switch {
+	case o.workers < 0:
+		return fmt.Errorf("--workers %d: want 0 or more", o.workers)
+	case o.workers == 0 && !o.noDemo:
+		return errors.New("--workers 0 runs no worker to serve the demo: add --no-demo")
+	case o.noDemo && o.requests > 0:
+		return errors.New("--requests runs reservations: it cannot go with --no-demo")
+	}
+	return nil
 }
 
 func runDev(ctx context.Context, e *env, args []string) int {
@@ -73,7 +92,11 @@ func runDev(ctx context.Context, e *env, args []string) int {
 	fs.IntVar(&o.hosts, "hosts", 2, "simulated ESX hosts")
 	fs.IntVar(&o.slots, "slots", 3, "VM slots per host")
 	fs.StringVar(&o.guests, "guests", "auto", "guests: auto (namespace guests when running as root), namespace (required) or none (simulated)")
-	fs.IntVar(&o.concurrency, "concurrency", 8, "job slots of the embedded worker")
+	fs.IntVar(&o.concurrency, "concurrency", 8, "job slots of each embedded worker")
+	fs.IntVar(&o.workers, "workers", 1, "embedded workers; 0 runs none (attach your own `vclq worker`; needs --no-demo)")
+	fs.BoolVar(&o.noDemo, "no-demo", false, "skip the demo: keep running until interrupted or, with --once, exit once the site file is written")
+	fs.StringVar(&o.siteFile, "site-file", "", "write a JSON description of the site (NATS URL, hosts with URLs, logins, thumbprints, datastores and port groups, images, slots, management key) to this file")
+	fs.StringVar(&o.sealKey, "seal-key", "", "bridge public key file (base64 of 32 bytes: the FILE.pub of `vclq bridge --seal-keygen FILE`) the embedded workers seal passwords to (default: a generated key whose private half is discarded)")
 	fs.BoolVar(&o.once, "once", false, "run the demo (or --requests new reservations) and exit: non-zero if any reservation failed")
 	fs.IntVar(&o.requests, "requests", 0, "with --once: run this many new reservations instead of the demo")
 	fs.BoolVar(&o.json, "json", false, "with --once: print a JSON summary on stdout (one object per line) instead of live progress; the URLs and other human lines go to stderr")
@@ -85,6 +108,10 @@ func runDev(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "vclq dev: unexpected arguments %q\n", fs.Args())
 		return exitUsage
 	}
+	if err := o.check(); err != nil {
+		fmt.Fprintf(e.stderr, "vclq dev: %v\n", err)
+		return exitUsage
+	}
 	if os.Getenv("VCLQ_LOG_LEVEL") == "" { // the demo's own lines are the show
 		e.log = e.log.Level(zerolog.WarnLevel)
 	}
@@ -92,7 +119,13 @@ func runDev(ctx context.Context, e *env, args []string) int {
 	if o.json {
 		d.info = e.stderr
 	}
-	if d.opts.dir == "" {
+	if d.opts.dir != "" {
+		abs, err := filepath.Abs(d.opts.dir)
+		if err != nil {
+			return fail(e, "dev: state directory: %v", err)
+		}
+		d.opts.dir = abs
+	} else {
 		dir, err := os.MkdirTemp("", "vclq-dev-")
 		if err != nil {
 			return fail(e, "dev: state directory: %v", err)
@@ -120,6 +153,14 @@ func runDev(ctx context.Context, e *env, args []string) int {
 		if err := s.start(runCtx, d, &wg); err != nil {
 			return fail(e, "dev: start %s: %v", s.name, err)
 		}
+	}
+	if o.noDemo {
+		if o.once {
+			return exitOK
+		}
+		fmt.Fprintf(d.info, "\nvclq dev keeps running without a demo (Ctrl-C stops it).\n")
+		<-ctx.Done()
+		return exitOK
 	}
 	if o.once {
 		octx, cancel := context.WithTimeout(runCtx, o.timeout)
@@ -186,18 +227,47 @@ func startDevSite(ctx context.Context, d *devEnv, _ *sync.WaitGroup) error {
 	return nil
 }
 
-func startDevWorkers(ctx context.Context, d *devEnv, wg *sync.WaitGroup) error {
-	// The bridge's key pair: results carry passwords sealed to it, as in production.
+// devSealer is what the embedded workers seal passwords to, as in production: the
+// bridge's public key from --seal-key, or a generated one nobody can open.
+func devSealer(path string) (*flow.Sealer, error) {
+	if path != "" {
+		s, err := flow.LoadSealer(path)
+		if err != nil {
+			return nil, fmt.Errorf("--seal-key %s: %w", path, err)
+		}
+		return s, nil
+	}
 	pub, _, err := box.GenerateKey(rand.Reader)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	sealer, err := flow.ParseSealer(base64.StdEncoding.EncodeToString(pub[:]))
+	return flow.ParseSealer(base64.StdEncoding.EncodeToString(pub[:]))
+}
+
+// startDevWorkers starts --workers embedded workers: "dev-worker", "dev-worker-2", ...
+func startDevWorkers(ctx context.Context, d *devEnv, wg *sync.WaitGroup) error {
+	if d.opts.workers == 0 {
+		fmt.Fprintf(d.info, "WORKERS=0: no embedded worker; attach one to %s\n", d.server.URL())
+		return nil
+	}
+	sealer, err := devSealer(d.opts.sealKey)
 	if err != nil {
 		return err
 	}
+	for i := 1; i <= d.opts.workers; i++ {
+		id := "dev-worker"
+		if i > 1 {
+			id = fmt.Sprintf("dev-worker-%d", i)
+		}
+		if err := startDevWorker(ctx, d, wg, id, sealer); err != nil {
+			return fmt.Errorf("worker %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+func startDevWorker(ctx context.Context, d *devEnv, wg *sync.WaitGroup, workerID string, sealer *flow.Sealer) error {
 	// As a real worker: the host keys it records are shared in vclq_hostkeys.
-	const workerID = "dev-worker"
 	kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	keys, err := sharedkeys.Open(kctx, d.js, workerID)
 	cancel()
@@ -208,7 +278,7 @@ func startDevWorkers(ctx context.Context, d *devEnv, wg *sync.WaitGroup) error {
 	if err != nil {
 		return err
 	}
-	d.pool, err = worker.New(d.js, d.nc, h, worker.Config{
+	pool, err := worker.New(d.js, d.nc, h, worker.Config{
 		ID: workerID, Version: buildVersion(), Concurrency: d.opts.concurrency, LeaseTTL: 10 * time.Second,
 		ShutdownGrace: 5 * time.Second, RetryDelay: time.Second,
 	}, d.e.log)
@@ -216,15 +286,49 @@ func startDevWorkers(ctx context.Context, d *devEnv, wg *sync.WaitGroup) error {
 		closeHosts(context.Background())
 		return err
 	}
-	d.pool.Publisher().WatchAsyncErrors(d.nc)
+	pool.Publisher().WatchAsyncErrors(d.nc)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		defer closeHosts(context.Background())
-		if err := d.pool.Run(ctx); err != nil {
+		if err := pool.Run(ctx); err != nil {
 			d.e.log.Error().Err(err).Msg("dev: worker pool")
 		}
 	}()
+	return nil
+}
+
+// writeDevSiteFile writes --site-file: what a bridge or a worker run by hand needs
+// to attach to this site. Written whole (a temporary file renamed), mode 0600: it
+// holds the hosts' logins.
+func writeDevSiteFile(ctx context.Context, d *devEnv, _ *sync.WaitGroup) error {
+	if d.opts.siteFile == "" {
+		return nil
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	site, err := d.lab.Site(sctx, d.server.URL())
+	if err != nil {
+		return err
+	}
+	site.Workers = d.opts.workers
+	if d.opts.sealKey != "" {
+		if site.SealKeyFile, err = filepath.Abs(d.opts.sealKey); err != nil {
+			return err
+		}
+	}
+	b, err := json.MarshalIndent(site, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := d.opts.siteFile + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, d.opts.siteFile); err != nil {
+		return fmt.Errorf("write %s: %w", d.opts.siteFile, err)
+	}
+	fmt.Fprintf(d.info, "SITE_FILE=%s\n", d.opts.siteFile)
 	return nil
 }
 

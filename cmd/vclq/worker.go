@@ -158,8 +158,8 @@ func (c *workerConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ID, "id", c.ID, "worker id ($VCLQ_WORKER_ID; default <hostname>-<pid>)")
 	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "job slots ($VCLQ_CONCURRENCY; default 4)")
 	fs.DurationVar((*time.Duration)(&c.LeaseTTL), "lease-ttl", time.Duration(c.LeaseTTL), "slot lease TTL, whole seconds ($VCLQ_LEASE_TTL; default 30s)")
-	fs.DurationVar((*time.Duration)(&c.AckWait), "ack-wait", time.Duration(c.AckWait), "consumer AckWait: set when the consumer is created, must match an existing one ($VCLQ_ACK_WAIT)")
-	fs.IntVar(&c.MaxDeliver, "max-deliver", c.MaxDeliver, "delivery budget per request: set when the consumer is created ($VCLQ_MAX_DELIVER)")
+	fs.DurationVar((*time.Duration)(&c.AckWait), "ack-wait", time.Duration(c.AckWait), "AckWait of the workers' consumer: used when the worker creates it; an existing consumer's must match, else the worker refuses to start (vclq nats init --ack-wait changes it) ($VCLQ_ACK_WAIT; default 60s)")
+	fs.IntVar(&c.MaxDeliver, "max-deliver", c.MaxDeliver, "delivery budget per request (MaxDeliver of the workers' consumer): used when the worker creates it; an existing consumer's must match, else the worker refuses to start (vclq nats init --max-deliver changes it) ($VCLQ_MAX_DELIVER; default 5)")
 	fs.DurationVar((*time.Duration)(&c.ShutdownGrace), "shutdown-grace", time.Duration(c.ShutdownGrace), "time in-flight jobs get on SIGTERM ($VCLQ_SHUTDOWN_GRACE; default 30s)")
 	fs.DurationVar((*time.Duration)(&c.StopTimeout), "stop-timeout", time.Duration(c.StopTimeout), "time a cancelled handler gets to return (default 10s)")
 	fs.DurationVar((*time.Duration)(&c.BusySlotWait), "busy-slot-wait", time.Duration(c.BusySlotWait), "how long a job waits in place for a busy slot (default 10m)")
@@ -169,6 +169,32 @@ func (c *workerConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "replicas of streams and buckets created at start if missing (default 1; existing ones are left as they are: vclq nats init changes them)")
 	fs.BoolVar(&c.NoEnsure, "no-ensure", c.NoEnsure, "do not create missing streams, consumers and buckets at start")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "serve /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9464 ($VCLQ_METRICS_ADDR; default off)")
+}
+
+// consumerMismatchHelp says which settings of the worker differ from the shared
+// consumer's, where they come from, and the two ways out: start the worker with the
+// consumer's values, or change the consumer with `vclq nats init` (given the
+// consumer's other settings and its stream's replicas, which nats init would
+// otherwise reset to its defaults).
+func consumerMismatchHelp(mm *worker.ConsumerMismatchError) string {
+	var diffs, flags, keys []string
+	ackWait, maxDeliver := mm.ConsumerAckWait, strconv.Itoa(mm.ConsumerMaxDeliver)
+	for _, m := range mm.Mismatches {
+		flag, key, env := "--ack-wait", "ack_wait", "$VCLQ_ACK_WAIT"
+		if m.Setting == "max deliver" {
+			flag, key, env = "--max-deliver", "max_deliver", "$VCLQ_MAX_DELIVER"
+			maxDeliver = m.Worker
+		} else {
+			ackWait = m.Worker
+		}
+		diffs = append(diffs, fmt.Sprintf("%s %s (%s, config key %q, %s) does not match consumer %s's %s", m.Setting, m.Worker, flag, key, env, mm.Consumer, m.Consumer))
+		flags = append(flags, flag+" "+m.Consumer)
+		keys = append(keys, fmt.Sprintf("%q to %s", key, m.Consumer))
+	}
+	return fmt.Sprintf("%s; every worker shares the consumer, so either\n"+
+		"  start this worker with %s (or set %s), or\n"+
+		"  change the consumer for every worker: vclq nats init --ack-wait %s --max-deliver %s --replicas %d",
+		strings.Join(diffs, "; "), strings.Join(flags, " "), strings.Join(keys, " and "), ackWait, maxDeliver, mm.StreamReplicas)
 }
 
 func (c workerConfig) pool() worker.Config {
@@ -293,6 +319,10 @@ func runWorker(ctx context.Context, e *env, args []string) int {
 	p.Publisher().WatchAsyncErrors(nc)
 	if err := p.Run(ctx); err != nil {
 		e.log.Error().Err(err).Msg("worker")
+		var mm *worker.ConsumerMismatchError
+		if errors.As(err, &mm) {
+			fmt.Fprintln(e.stderr, "vclq worker:", consumerMismatchHelp(mm))
+		}
 		if errors.Is(err, worker.ErrConfig) {
 			return exitUsage
 		}

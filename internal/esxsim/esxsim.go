@@ -97,6 +97,9 @@ type Host struct {
 	Thumbprint, ThumbprintSHA1 string
 	// Datastores maps each datastore name to its backing directory.
 	Datastores map[string]string
+	// DatastoreUUIDs maps each datastore name to its VMFS volume UUID (as on ESX,
+	// where /vmfs/volumes/<uuid> is the datastore's root and its name a symlink).
+	DatastoreUUIDs map[string]string
 
 	model            *simulator.Model
 	server           *simulator.Server
@@ -239,6 +242,7 @@ func startHost(ctx context.Context, name, root string, opts Options) (*Host, err
 		Thumbprint:       thumbprint(sha256.New(), leaf.Raw),
 		ThumbprintSHA1:   thumbprint(sha1.New(), leaf.Raw),
 		Datastores:       map[string]string{},
+		DatastoreUUIDs:   map[string]string{},
 		observerPassword: randomString(),
 		faults:           newInjector(!opts.AllowCloneVM),
 		watchInterval:    opts.WatchInterval,
@@ -309,10 +313,12 @@ func (h *Host) setup(ctx context.Context, c *vim25.Client, dir string, opts Opti
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
-		if _, err := dss.CreateLocalDatastore(ctx, ds, d); err != nil {
+		created, err := dss.CreateLocalDatastore(ctx, ds, d)
+		if err != nil {
 			return fmt.Errorf("datastore %s: %w", ds, err)
 		}
 		h.Datastores[ds] = d
+		h.DatastoreUUIDs[ds] = h.makeVMFS(created.Reference(), ds)
 	}
 	ns, err := host.ConfigManager().NetworkSystem(ctx)
 	if err != nil {
@@ -333,6 +339,21 @@ func (h *Host) setup(ctx context.Context, c *vim25.Client, dir string, opts Opti
 		}
 	}
 	return nil
+}
+
+// makeVMFS reports the local datastore ref as a VMFS volume with a new UUID (info is
+// a VmfsDatastoreInfo, as on ESX); its URL stays the backing directory, which vcsim
+// serves files from. It returns the UUID, in ESX's form 8-8-4-12 hex digits.
+func (h *Host) makeVMFS(ref types.ManagedObjectReference, name string) string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	x := hex.EncodeToString(b)
+	uuid := x[:8] + "-" + x[8:16] + "-" + x[16:20] + "-" + x[20:32]
+	ds := h.model.Map().Get(ref).(*simulator.Datastore)
+	info := *ds.Info.GetDatastoreInfo()
+	ds.Info = &types.VmfsDatastoreInfo{DatastoreInfo: info, Vmfs: &types.HostVmfsVolume{
+		HostFileSystemVolume: types.HostFileSystemVolume{Type: "VMFS", Name: name, Capacity: ds.Summary.Capacity}, Uuid: uuid, Local: types.NewBool(true)}}
+	return uuid
 }
 
 // Observer is a client logged in as ObserverUsername, never faulted: for verifying
