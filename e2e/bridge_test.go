@@ -74,8 +74,10 @@ type bsite struct {
 	lab *devlab.Lab
 	js  *testutil.JetStream
 	db  *sql.DB
-	key *bridge.SealKey
-	log zerolog.Logger
+	// bridgeDB logs in as a user holding exactly the grants docs/bridge.md lists.
+	bridgeDB *sql.DB
+	key      *bridge.SealKey
+	log      zerolog.Logger
 }
 
 // bsRow is one request of the fixture and what VCL's web UI must show for it.
@@ -385,7 +387,25 @@ func (s *bsite) freshDB(ctx context.Context, schema string) *sql.DB {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.Drop)
-	dsn, err := bridge.DSN(d.DSN)
+	db := openDB(t, d.DSN)
+	grants, err := bt.DocumentedGrants()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, drop, err := bt.CreateUser(ctx, d.Name, grants)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(drop)
+	s.bridgeDB = openDB(t, u.DSN)
+	t.Logf("the bridge logs in as %s with the %d documented GRANT statements", u.Quoted, len(grants))
+	return db
+}
+
+// openDB opens a database with the bridge's DSN options, until the test ends.
+func openDB(t *testing.T, dsn string) *sql.DB {
+	t.Helper()
+	dsn, err := bridge.DSN(dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -477,7 +497,7 @@ func (s *bsite) startBridge() {
 	t := s.t
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	b, err := bridge.New(ctx, s.db, s.js.JS, bridge.Config{ManagementNodes: []int64{bsMN}, SealKey: s.key,
+	b, err := bridge.New(ctx, s.bridgeDB, s.js.JS, bridge.Config{ManagementNodes: []int64{bsMN}, SealKey: s.key,
 		Interval: 200 * time.Millisecond, FetchWait: 200 * time.Millisecond, EventAckWait: 5 * time.Second}, s.log)
 	if err != nil {
 		t.Fatal(err)
