@@ -334,11 +334,13 @@ func (s *natsSite) refused(t *testing.T, role string, errs *asyncErrs, what, sub
 
 // TestProductionNatsSite runs the site of deployments/nats: `vclq nats init
 // --replicas 3` as admin, a worker (--no-ensure) with its credentials and the
-// bridge's requests and event consumer as the bridge user run real jobs, the
-// operator's commands work, and every role's forbidden actions are refused by the
-// server.
+// bridge's requests and event consumer as the bridge user run real jobs, the real
+// `vclq bridge` with the bridge user's credentials carries a VCL database's requests
+// to their end states (bridgeFlow), the operator's commands work, and every role's
+// forbidden actions are refused by the server, which refuses nothing before.
 func TestProductionNatsSite(t *testing.T) {
 	s := startNatsSite(t)
+	violations := s.watchViolations()
 
 	// Admin: streams as code, R3.
 	code, out, errOut := vclqRun(t, "", append([]string{"nats", "init", "--replicas", "3"}, s.flags("admin")...)...)
@@ -427,6 +429,9 @@ func TestProductionNatsSite(t *testing.T) {
 		t.Errorf("the worker hit a permission violation:\n%s", workerErr.String())
 	}
 
+	// The real `vclq bridge` with the bridge user's credentials, against a VCL database.
+	t.Run("vclq bridge against a VCL database", func(t *testing.T) { s.bridgeFlow(t, violations) })
+
 	// Operators: the read-only commands work with the operator's credentials.
 	var dlqSeq uint64
 	testutil.WaitFor(t, 30*time.Second, 200*time.Millisecond, func() error {
@@ -468,6 +473,11 @@ func TestProductionNatsSite(t *testing.T) {
 	}
 	_ = errOut
 
+	// Up to here every role did only what it may: the servers refused nothing.
+	if v := violations.since(0); len(v) > 0 {
+		t.Errorf("the servers logged %d permission violations before the refusals:\n%s", len(v), strings.Join(v, "\n"))
+	}
+
 	// Refusals, role by role.
 	s.workerRefusals(t)
 	s.bridgeRefusals(t)
@@ -480,6 +490,12 @@ func TestProductionNatsSite(t *testing.T) {
 		t.Errorf("dlq replay as admin: exit %d\n%s\n%s", code, out, errOut)
 	}
 	t.Logf("%d refusals asserted", s.attempts)
+	// The servers' log watch (bridgeFlow's check) does see refusals.
+	if n := violations.len(); n == 0 {
+		t.Error("the servers logged none of the refusals: their log is not watched")
+	} else {
+		t.Logf("the servers logged %d permission violations in all (the refusals' that are not connection refusals)", n)
+	}
 
 	t.Run("backup and restore as admin", func(t *testing.T) { s.backupRestore(t) })
 }
