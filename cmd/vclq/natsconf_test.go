@@ -348,6 +348,13 @@ func TestProductionNatsSite(t *testing.T) {
 		t.Fatalf("nats init as admin: exit %d\n%s\n%s", code, out, errOut)
 	}
 	t.Logf("nats init --replicas 3 as admin: %s", strings.TrimSpace(out))
+	// docs/deploy.md's check of the server against the code, read only: as operator.
+	code, out, errOut = vclqRun(t, "", append([]string{"nats", "check", "--server", "--dir", "", "--replicas", "3"}, s.flags("operator")...)...)
+	if code != exitOK || strings.Contains(errOut, "Violation") {
+		t.Errorf("nats check --server --dir '' --replicas 3 as operator: exit %d\n%s\n%s", code, out, errOut)
+	} else {
+		t.Logf("nats check --server --dir '' --replicas 3 as operator: %s", strings.TrimSpace(out))
+	}
 
 	// A worker with the worker's credentials, creating nothing.
 	var workerErr testutil.SyncBuffer
