@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -212,5 +213,21 @@ func (s *natsSite) bridgeFlow(t *testing.T, violations *serverLog) {
 		t.Errorf("the servers logged %d permission violations while the bridge ran:\n%s", len(v), strings.Join(v, "\n"))
 	} else {
 		t.Logf("the servers logged no permission violation while the bridge ran")
+	}
+}
+
+// TestProductionNatsPlaceholders: docs/deploy.md says the server refuses to start
+// while a placeholder of users.conf is left. The repository's files as they are (the
+// configuration check `nats-server -t` runs the same parser): refused.
+func TestProductionNatsPlaceholders(t *testing.T) {
+	for i := 1; i <= 3; i++ {
+		name := fmt.Sprintf("%s/nats-%d.conf", natsConfDir, i)
+		_, err := server.ProcessConfigFile(name)
+		if err == nil || !strings.Contains(err.Error(), "Not a valid public nkey for a user") {
+			t.Errorf("%s with users.conf's placeholders: %v, want a refused nkey", name, err)
+			continue
+		}
+		at := regexp.MustCompile(`[^\s/]+\.conf:\d+:\d+: Not a valid public nkey for a user`).FindAllString(err.Error(), -1)
+		t.Logf("%s refused (the TLS files aside): %q", name, at)
 	}
 }
