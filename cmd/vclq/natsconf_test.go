@@ -505,6 +505,44 @@ func TestProductionNatsSite(t *testing.T) {
 	}
 
 	t.Run("backup and restore as admin", func(t *testing.T) { s.backupRestore(t) })
+	t.Run("nats CLI as operator and sys", func(t *testing.T) { s.natsCLIReads(t, violations) })
+}
+
+// natsCLIReads runs the nats CLI commands docs/deploy.md gives the operator and the
+// system user: `nats stream report` (R3 replicas current) and `nats server list`.
+func (s *natsSite) natsCLIReads(t *testing.T, violations *serverLog) {
+	bin := natsCLIPath(t)
+	mark := violations.len()
+	cli := func(role string, args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		full := []string{"--no-context", "--server", s.urls, "--nkey", s.seeds[role], "--tlscert", s.cert, "--tlskey", s.key,
+			"--tlsca", s.ca, "--timeout", "10s"}
+		if role != "sys" {
+			full = append(full, "--inbox-prefix", "_INBOX_"+role)
+		}
+		out, err := exec.CommandContext(ctx, bin, append(full, args...)...).CombinedOutput()
+		if err != nil {
+			t.Errorf("nats %s as %s: %v\n%s", strings.Join(args, " "), role, err, out)
+		}
+		return string(out)
+	}
+	if out := cli("operator", "stream", "report"); !strings.Contains(out, messages.StreamRequests) || !strings.Contains(out, "nats-1") {
+		t.Errorf("nats stream report as operator does not show %s on its servers:\n%s", messages.StreamRequests, out)
+	} else {
+		t.Logf("nats stream report as operator: %d lines", strings.Count(out, "\n"))
+	}
+	out := cli("sys", "server", "list")
+	for i := range 3 {
+		if !strings.Contains(out, fmt.Sprintf("nats-%d", i+1)) {
+			t.Errorf("nats server list as sys does not list nats-%d:\n%s", i+1, out)
+		}
+	}
+	t.Logf("nats server list as sys: %d lines", strings.Count(out, "\n"))
+	if v := violations.since(mark); len(v) > 0 {
+		t.Errorf("the servers logged %d permission violations for the nats CLI's reads:\n%s", len(v), strings.Join(v, "\n"))
+	}
 }
 
 // backupRestore backs the dead-letter stream up with the nats CLI as admin, deletes
