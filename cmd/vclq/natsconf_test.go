@@ -506,6 +506,71 @@ func TestProductionNatsSite(t *testing.T) {
 
 	t.Run("backup and restore as admin", func(t *testing.T) { s.backupRestore(t) })
 	t.Run("nats CLI as operator and sys", func(t *testing.T) { s.natsCLIReads(t, violations) })
+	t.Run("replace a seed with a reload", func(t *testing.T) { s.replaceSeed(t, "bridge") })
+}
+
+// replaceSeed replaces role's nkey as docs/deploy.md says a compromised seed is
+// replaced: a new pair, its line in users.conf changed, the servers reloaded (SIGHUP;
+// here Server.Reload, which re-reads the same files). The old seed is refused, the new
+// one connects.
+func (s *natsSite) replaceSeed(t *testing.T, role string) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	seed, _ := kp.Seed()
+	old, err := nkeys.FromSeed(mustRead(t, s.seeds[role]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldPub, _ := old.PublicKey()
+	path := filepath.Join(s.dir, "users.conf")
+	users := replaceOnce(t, "users.conf", string(mustRead(t, path)), strconv.Quote(oldPub), strconv.Quote(pub))
+	writeFile(t, path, users)
+	for i := range 3 {
+		if err := s.cluster.Server(i).Reload(); err != nil {
+			t.Fatalf("reload nats-%d: %v", i+1, err)
+		}
+	}
+	connectAs := func(seedFile string) error {
+		nkey, err := nats.NkeyOptionFromSeed(seedFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := nats.Connect(s.urls, nkey, nats.ClientCert(s.cert, s.key), nats.RootCAs(s.ca),
+			nats.Timeout(3*time.Second), nats.NoReconnect())
+		if err == nil {
+			nc.Close()
+		}
+		return err
+	}
+	oldSeed := s.seeds[role]
+	s.seeds[role] = filepath.Join(s.dir, role+"-new.nk")
+	writeFile(t, s.seeds[role], string(seed))
+	if err := connectAs(oldSeed); err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
+		t.Errorf("the replaced %s seed after the reload: %v, want an authorization violation", role, err)
+	}
+	if err := connectAs(s.seeds[role]); err != nil {
+		t.Errorf("the new %s seed after the reload: %v", role, err)
+	}
+	// The new key has the role's permissions (VCL_REQUESTS' info, allowed to every role).
+	_, js, errs := s.connect(t, role)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.Stream(ctx, messages.StreamRequests); err != nil {
+		t.Errorf("stream info as %s with the new seed: %v (async %q)", role, err, errs.all())
+	}
+	t.Logf("%s seed replaced with a reload of the three servers: the old one refused, the new one works", role)
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // natsCLIReads runs the nats CLI commands docs/deploy.md gives the operator and the
