@@ -491,10 +491,36 @@ func TestProductionNatsSite(t *testing.T) {
 	s.operatorRefusals(t, dlqSeq)
 	s.connectionRefusals(t)
 
-	// The admin replays the dead letter the operator could not.
+	// The admin replays the dead letter the operator could not. It is the invalid
+	// request: the worker rejects it into the dead letters again. Waited for (bounded),
+	// so that the backup below sees a settled stream.
+	_, ajs, _ := s.connect(t, "admin")
+	deadLetters := func() (msgs, last uint64, err error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := ajs.Stream(ctx, messages.StreamDeadLetters)
+		if err != nil {
+			return 0, 0, err
+		}
+		return st.CachedInfo().State.Msgs, st.CachedInfo().State.LastSeq, nil
+	}
+	before, lastBefore, err := deadLetters()
+	if err != nil {
+		t.Fatal(err)
+	}
 	code, out, errOut = vclqRun(t, "", append([]string{"dlq", "replay", strconv.FormatUint(dlqSeq, 10)}, s.flags("admin")...)...)
 	if code != exitOK {
 		t.Errorf("dlq replay as admin: exit %d\n%s\n%s", code, out, errOut)
+	} else {
+		testutil.WaitFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+			n, last, err := deadLetters()
+			if err == nil && (n != before || last <= lastBefore) {
+				err = fmt.Errorf("%d dead letters up to seq %d, want %d and a new one after seq %d (the replayed invalid request rejected again)",
+					n, last, before, lastBefore)
+			}
+			return err
+		})
+		t.Logf("dlq replay %d as admin: the worker rejected the invalid request again (%d dead letters)", dlqSeq, before)
 	}
 	t.Logf("%d refusals asserted", s.attempts)
 	// The servers' log watch (bridgeFlow's check) does see refusals.
