@@ -234,6 +234,15 @@ func TestNatsCheckServerAndInit(t *testing.T) {
 			t.Fatalf("step %d %v: exit %d, out %q, err %q; want %d and %q", i+1, s.args, code, out, errs, s.wantCode, s.wantOut)
 		}
 	}
+	// --dir "" compares nothing but the server, and nothing at all without --server.
+	// (The server's consumer has the ack wait of the last init.)
+	code, out, errs := vclqRun(t, "", "nats", "check", "--dir", "", "--server", "--ack-wait=2m", url)
+	if code != exitOK || out != "the server's streams, consumers and buckets match the code\n" {
+		t.Errorf("nats check --dir '' --server: exit %d, out %q, err %q; want exit 0 and only the server compared", code, out, errs)
+	}
+	if code, _, errs := vclqRun(t, "", "nats", "check", "--dir", ""); code != exitUsage || !strings.Contains(errs, "compares nothing") {
+		t.Errorf("nats check --dir '': exit %d, err %q; want a usage error", code, errs)
+	}
 	names := streamNames(t, j)
 	if len(names) != len(streams.Define(streams.Options{}).Streams)+len(streams.Define(streams.Options{}).Buckets) {
 		t.Errorf("streams after init: %v", names)

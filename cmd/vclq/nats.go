@@ -35,7 +35,7 @@ func runNats(ctx context.Context, e *env, args []string) int {
 	case "export":
 		fs.StringVar(&dir, "dir", streams.ExportDir, "directory of the exported definitions")
 	case "check":
-		fs.StringVar(&dir, "dir", streams.ExportDir, "directory of the exported definitions")
+		fs.StringVar(&dir, "dir", streams.ExportDir, `directory of the exported definitions ("": compare only the server, with --server)`)
 		fs.BoolVar(&server, "server", false, "also compare the assets on the NATS server with the code (read only)")
 		nc.RegisterFlags(fs)
 	default:
@@ -82,16 +82,25 @@ func natsInit(ctx context.Context, e *env, nc natsconn.Config, o streams.Options
 
 // natsCheck is `vclq nats check`: the exported files, and with --server the assets on
 // the server, against the code. It exits 1 when anything differs.
+// An empty dir compares only the server (a site at --replicas 3 differs from the
+// repository's export, which is at one replica).
 func natsCheck(ctx context.Context, e *env, nc natsconn.Config, dir string, server bool, o streams.Options) int {
-	drift, err := streams.Diff(dir, o)
-	if err != nil {
-		return fail(e, "%v", err)
+	if dir == "" && !server {
+		fmt.Fprintln(e.stderr, `vclq nats check: --dir "" compares nothing without --server`)
+		return exitUsage
 	}
-	for _, d := range drift {
-		fmt.Fprintln(e.stdout, d)
-	}
-	if len(drift) == 0 {
-		fmt.Fprintf(e.stdout, "%s matches the code\n", dir)
+	var drift []string
+	if dir != "" {
+		var err error
+		if drift, err = streams.Diff(dir, o); err != nil {
+			return fail(e, "%v", err)
+		}
+		for _, d := range drift {
+			fmt.Fprintln(e.stdout, d)
+		}
+		if len(drift) == 0 {
+			fmt.Fprintf(e.stdout, "%s matches the code\n", dir)
+		}
 	}
 	var diffs []streams.Difference
 	if server {
@@ -102,6 +111,7 @@ func natsCheck(ctx context.Context, e *env, nc natsconn.Config, dir string, serv
 		defer conn.Close()
 		cctx, cancel := commandContext(ctx, streams.EnsureTimeout)
 		defer cancel()
+		var err error
 		if diffs, err = streams.Compare(cctx, js, o); err != nil {
 			return fail(e, "%v", err)
 		}

@@ -334,11 +334,13 @@ func (s *natsSite) refused(t *testing.T, role string, errs *asyncErrs, what, sub
 
 // TestProductionNatsSite runs the site of deployments/nats: `vclq nats init
 // --replicas 3` as admin, a worker (--no-ensure) with its credentials and the
-// bridge's requests and event consumer as the bridge user run real jobs, the
-// operator's commands work, and every role's forbidden actions are refused by the
-// server.
+// bridge's requests and event consumer as the bridge user run real jobs, the real
+// `vclq bridge` with the bridge user's credentials carries a VCL database's requests
+// to their end states (bridgeFlow), the operator's commands work, and every role's
+// forbidden actions are refused by the server, which refuses nothing before.
 func TestProductionNatsSite(t *testing.T) {
 	s := startNatsSite(t)
+	violations := s.watchViolations()
 
 	// Admin: streams as code, R3.
 	code, out, errOut := vclqRun(t, "", append([]string{"nats", "init", "--replicas", "3"}, s.flags("admin")...)...)
@@ -346,6 +348,13 @@ func TestProductionNatsSite(t *testing.T) {
 		t.Fatalf("nats init as admin: exit %d\n%s\n%s", code, out, errOut)
 	}
 	t.Logf("nats init --replicas 3 as admin: %s", strings.TrimSpace(out))
+	// docs/deploy.md's check of the server against the code, read only: as operator.
+	code, out, errOut = vclqRun(t, "", append([]string{"nats", "check", "--server", "--dir", "", "--replicas", "3"}, s.flags("operator")...)...)
+	if code != exitOK || strings.Contains(errOut, "Violation") {
+		t.Errorf("nats check --server --dir '' --replicas 3 as operator: exit %d\n%s\n%s", code, out, errOut)
+	} else {
+		t.Logf("nats check --server --dir '' --replicas 3 as operator: %s", strings.TrimSpace(out))
+	}
 
 	// A worker with the worker's credentials, creating nothing.
 	var workerErr testutil.SyncBuffer
@@ -427,6 +436,9 @@ func TestProductionNatsSite(t *testing.T) {
 		t.Errorf("the worker hit a permission violation:\n%s", workerErr.String())
 	}
 
+	// The real `vclq bridge` with the bridge user's credentials, against a VCL database.
+	t.Run("vclq bridge against a VCL database", func(t *testing.T) { s.bridgeFlow(t, violations) })
+
 	// Operators: the read-only commands work with the operator's credentials.
 	var dlqSeq uint64
 	testutil.WaitFor(t, 30*time.Second, 200*time.Millisecond, func() error {
@@ -468,20 +480,160 @@ func TestProductionNatsSite(t *testing.T) {
 	}
 	_ = errOut
 
+	// Up to here every role did only what it may: the servers refused nothing.
+	if v := violations.since(0); len(v) > 0 {
+		t.Errorf("the servers logged %d permission violations before the refusals:\n%s", len(v), strings.Join(v, "\n"))
+	}
+
 	// Refusals, role by role.
 	s.workerRefusals(t)
 	s.bridgeRefusals(t)
 	s.operatorRefusals(t, dlqSeq)
 	s.connectionRefusals(t)
 
-	// The admin replays the dead letter the operator could not.
+	// The admin replays the dead letter the operator could not. It is the invalid
+	// request: the worker rejects it into the dead letters again. Waited for (bounded),
+	// so that the backup below sees a settled stream.
+	_, ajs, _ := s.connect(t, "admin")
+	deadLetters := func() (msgs, last uint64, err error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := ajs.Stream(ctx, messages.StreamDeadLetters)
+		if err != nil {
+			return 0, 0, err
+		}
+		return st.CachedInfo().State.Msgs, st.CachedInfo().State.LastSeq, nil
+	}
+	before, lastBefore, err := deadLetters()
+	if err != nil {
+		t.Fatal(err)
+	}
 	code, out, errOut = vclqRun(t, "", append([]string{"dlq", "replay", strconv.FormatUint(dlqSeq, 10)}, s.flags("admin")...)...)
 	if code != exitOK {
 		t.Errorf("dlq replay as admin: exit %d\n%s\n%s", code, out, errOut)
+	} else {
+		testutil.WaitFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+			n, last, err := deadLetters()
+			if err == nil && (n != before || last <= lastBefore) {
+				err = fmt.Errorf("%d dead letters up to seq %d, want %d and a new one after seq %d (the replayed invalid request rejected again)",
+					n, last, before, lastBefore)
+			}
+			return err
+		})
+		t.Logf("dlq replay %d as admin: the worker rejected the invalid request again (%d dead letters)", dlqSeq, before)
 	}
 	t.Logf("%d refusals asserted", s.attempts)
+	// The servers' log watch (bridgeFlow's check) does see refusals.
+	if n := violations.len(); n == 0 {
+		t.Error("the servers logged none of the refusals: their log is not watched")
+	} else {
+		t.Logf("the servers logged %d permission violations in all (the refusals' that are not connection refusals)", n)
+	}
 
 	t.Run("backup and restore as admin", func(t *testing.T) { s.backupRestore(t) })
+	t.Run("nats CLI as operator and sys", func(t *testing.T) { s.natsCLIReads(t, violations) })
+	t.Run("replace a seed with a reload", func(t *testing.T) { s.replaceSeed(t, "bridge") })
+}
+
+// replaceSeed replaces role's nkey as docs/deploy.md says a compromised seed is
+// replaced: a new pair, its line in users.conf changed, the servers reloaded (SIGHUP;
+// here Server.Reload, which re-reads the same files). The old seed is refused, the new
+// one connects.
+func (s *natsSite) replaceSeed(t *testing.T, role string) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	seed, _ := kp.Seed()
+	old, err := nkeys.FromSeed(mustRead(t, s.seeds[role]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldPub, _ := old.PublicKey()
+	path := filepath.Join(s.dir, "users.conf")
+	users := replaceOnce(t, "users.conf", string(mustRead(t, path)), strconv.Quote(oldPub), strconv.Quote(pub))
+	writeFile(t, path, users)
+	for i := range 3 {
+		if err := s.cluster.Server(i).Reload(); err != nil {
+			t.Fatalf("reload nats-%d: %v", i+1, err)
+		}
+	}
+	connectAs := func(seedFile string) error {
+		nkey, err := nats.NkeyOptionFromSeed(seedFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := nats.Connect(s.urls, nkey, nats.ClientCert(s.cert, s.key), nats.RootCAs(s.ca),
+			nats.Timeout(3*time.Second), nats.NoReconnect())
+		if err == nil {
+			nc.Close()
+		}
+		return err
+	}
+	oldSeed := s.seeds[role]
+	s.seeds[role] = filepath.Join(s.dir, role+"-new.nk")
+	writeFile(t, s.seeds[role], string(seed))
+	if err := connectAs(oldSeed); err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
+		t.Errorf("the replaced %s seed after the reload: %v, want an authorization violation", role, err)
+	}
+	if err := connectAs(s.seeds[role]); err != nil {
+		t.Errorf("the new %s seed after the reload: %v", role, err)
+	}
+	// The new key has the role's permissions (VCL_REQUESTS' info, allowed to every role).
+	_, js, errs := s.connect(t, role)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.Stream(ctx, messages.StreamRequests); err != nil {
+		t.Errorf("stream info as %s with the new seed: %v (async %q)", role, err, errs.all())
+	}
+	t.Logf("%s seed replaced with a reload of the three servers: the old one refused, the new one works", role)
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// natsCLIReads runs the nats CLI commands docs/deploy.md gives the operator and the
+// system user: `nats stream report` (R3 replicas current) and `nats server list`.
+func (s *natsSite) natsCLIReads(t *testing.T, violations *serverLog) {
+	bin := natsCLIPath(t)
+	mark := violations.len()
+	cli := func(role string, args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		full := []string{"--no-context", "--server", s.urls, "--nkey", s.seeds[role], "--tlscert", s.cert, "--tlskey", s.key,
+			"--tlsca", s.ca, "--timeout", "10s"}
+		if role != "sys" {
+			full = append(full, "--inbox-prefix", "_INBOX_"+role)
+		}
+		out, err := exec.CommandContext(ctx, bin, append(full, args...)...).CombinedOutput()
+		if err != nil {
+			t.Errorf("nats %s as %s: %v\n%s", strings.Join(args, " "), role, err, out)
+		}
+		return string(out)
+	}
+	if out := cli("operator", "stream", "report"); !strings.Contains(out, messages.StreamRequests) || !strings.Contains(out, "nats-1") {
+		t.Errorf("nats stream report as operator does not show %s on its servers:\n%s", messages.StreamRequests, out)
+	} else {
+		t.Logf("nats stream report as operator: %d lines", strings.Count(out, "\n"))
+	}
+	out := cli("sys", "server", "list")
+	for i := range 3 {
+		if !strings.Contains(out, fmt.Sprintf("nats-%d", i+1)) {
+			t.Errorf("nats server list as sys does not list nats-%d:\n%s", i+1, out)
+		}
+	}
+	t.Logf("nats server list as sys: %d lines", strings.Count(out, "\n"))
+	if v := violations.since(mark); len(v) > 0 {
+		t.Errorf("the servers logged %d permission violations for the nats CLI's reads:\n%s", len(v), strings.Join(v, "\n"))
+	}
 }
 
 // backupRestore backs the dead-letter stream up with the nats CLI as admin, deletes
