@@ -45,6 +45,11 @@ func TestLoadFlows(t *testing.T) {
 			"Status,ImageExists,CheckSpace,RetrieveImage,RemoveSlotVMs,CheckSpace,TransferDisk,CreateVM,PowerOn", [2]string{"reserved", "reserved"}},
 		{"new on a READY node skips the load", messages.KindNew, func(hs *harness, req *messages.Request) { carrying(hs, req, osconfig.Ready) },
 			"statuscheck,nodeready", "Status", [2]string{"reserved", "reserved"}},
+		{"reinstall on a READY node reloads it", messages.KindNew, func(hs *harness, req *messages.Request) {
+			carrying(hs, req, osconfig.Ready)
+			hs.vms.images[req.Image.Name] = true
+			req.Request.State = messages.StateReinstall
+		}, "statuscheck," + fullLoad + ",nodeready", "ImageExists,RemoveSlotVMs,CheckSpace,TransferDisk,CreateVM,PowerOn", [2]string{"reserved", "reserved"}},
 		{"new on a POST_LOAD node only post-loads", messages.KindNew, func(hs *harness, req *messages.Request) { carrying(hs, req, osconfig.PostLoad) },
 			"statuscheck,loadimagecomplete,nodeready", "Status", [2]string{"reserved", "reserved"}},
 		{"reload", messages.KindReload, func(hs *harness, req *messages.Request) { hs.vms.images[req.Image.Name] = true },

@@ -20,6 +20,11 @@ func (stepStatusCheck) Name() string { return messages.LoadStatusCheck }
 
 func (stepStatusCheck) Run(ctx context.Context, f *Flow) error {
 	f.Readiness = osconfig.Reload
+	if f.Req.Request.State == messages.StateReinstall {
+		// The user asked for a fresh machine: VCL reloads even a slot that is ready.
+		f.Detail("RELOAD: reinstall requested")
+		return nil
+	}
 	st, err := f.VMs.Status(ctx, f.Slot, f.Profile)
 	if err != nil {
 		return err
