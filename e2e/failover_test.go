@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -89,13 +90,49 @@ func TestClusterFailoverLosesNothing(t *testing.T) {
 		return
 	}
 
-	checkSimRun(t, ctx, js, seqs, journal)
+	checkSimRun(t, ctx, c.URLs(), seqs, journal)
 }
 
 // checkSimRun waits (bounded) until every reservation of seqs has a result and checks
 // the run of simulated jobs: exactly one result each, its step's begin and end events
 // when it succeeded, no step begun after the result, and in the handlers' journal no
 // reservation that ran to its end twice and no two jobs on one slot at once.
+// readAllEvents reads every stored event in stream order, on a new connection to
+// urls, with direct gets (next by subject): any replica answers them, so the read
+// does not wait for a stream or consumer leader of a cluster still settling after a
+// restart (an ordered consumer did, for minutes at times).
+func readAllEvents(ctx context.Context, urls string, fn func(eventlog.Event) error) error {
+	nc, err := nats.Connect(urls, nats.Timeout(5*time.Second))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	for seq := uint64(1); ; {
+		req := fmt.Sprintf(`{"seq":%d,"next_by_subj":%q}`, seq, messages.SubjectEventsAll)
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		m, err := nc.RequestWithContext(rctx, "$JS.API.DIRECT.GET."+messages.StreamEvents, []byte(req))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("direct get from seq %d: %w", seq, err)
+		}
+		if st := m.Header.Get("Status"); st == "404" {
+			return nil
+		} else if st != "" {
+			return fmt.Errorf("direct get from seq %d: status %s %s", seq, st, m.Header.Get("Description"))
+		}
+		got, err := strconv.ParseUint(m.Header.Get("Nats-Sequence"), 10, 64)
+		if err != nil || got < seq {
+			return fmt.Errorf("direct get from seq %d: sequence %q", seq, m.Header.Get("Nats-Sequence"))
+		}
+		ev := eventlog.Decode(m.Header.Get("Nats-Subject"), m.Data)
+		ev.Seq = got
+		if err := fn(ev); err != nil {
+			return err
+		}
+		seq = got + 1
+	}
+}
+
 // startSimWorkers runs n `vclq worker` processes with the simulated handler writing
 // to journal, until the test ends; it returns them.
 func startSimWorkers(t *testing.T, urls string, n int, journal string, args ...string) []*exec.Cmd {
@@ -164,7 +201,7 @@ func publishSim(t *testing.T, ctx context.Context, js jetstream.JetStream, n int
 	return seqs, done
 }
 
-func checkSimRun(t *testing.T, ctx context.Context, js jetstream.JetStream, seqs map[int64]uint64, journal string) {
+func checkSimRun(t *testing.T, ctx context.Context, urls string, seqs map[int64]uint64, journal string) {
 	t.Helper()
 	n := len(seqs)
 	type seen struct {
@@ -182,7 +219,9 @@ func checkSimRun(t *testing.T, ctx context.Context, js jetstream.JetStream, seqs
 			*s = seen{}
 		}
 		rctx, rcancel := context.WithTimeout(ctx, time.Minute)
-		err := eventlog.Read(rctx, js, eventlog.Filter{}, func(ev eventlog.Event) error {
+		// A fresh connection for every attempt: one whose server was restarted may be
+		// left without JetStream responders for a while.
+		err := readAllEvents(rctx, urls, func(ev eventlog.Event) error {
 			switch {
 			case ev.Loadlog != nil:
 				s := got[ev.Loadlog.ReservationID]

@@ -47,7 +47,7 @@ func TestRollingUpgradeLosesNothing(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	checkSimRun(t, ctx, j.JS, seqs, journal)
+	checkSimRun(t, ctx, j.URL, seqs, journal)
 }
 
 // waitExit waits for a process to exit, bounded; an exit code other than 0 is an error.
