@@ -39,7 +39,6 @@ const (
 	CodeCancelled    = "cancelled"
 	CodeFailed       = "failed"
 	CodeMaxDeliver   = "max_deliveries"
-	CodeLeaseLost    = "lease_lost"
 	CodeHandlerPanic = "handler_panic"
 	CodeBadResult    = "invalid_result"
 )

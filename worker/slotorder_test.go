@@ -71,7 +71,7 @@ func TestRedeliveryOfAFinishedRequestDoesNothing(t *testing.T) {
 	startPool(t, j, h, worker.Config{ID: "late", Concurrency: 1})
 	testutil.WaitFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		if left := requestsLeft(t, j); left != 0 {
-			return errf("%d requests left", left)
+			return fmt.Errorf("%d requests left", left)
 		}
 		return nil
 	})
@@ -149,5 +149,3 @@ func TestGuardRefusesAfterTheLeaseIsGone(t *testing.T) {
 		t.Fatalf("guard after the takeover: %v, want %v", err, worker.ErrLeaseLost)
 	}
 }
-
-func errf(format string, args ...any) error { return fmt.Errorf(format, args...) }
