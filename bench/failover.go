@@ -142,17 +142,6 @@ func Failover(ctx context.Context, w io.Writer) error {
 		"kill → first result of a request published after the kill. %d trials.\n\n", failoverEvery, failoverRestart, failoverTrials)
 	fmt.Fprintf(w, "| measure | time |\n|---|---|\n")
 	fmt.Fprintf(w, "| recovery, median | %.2f s |\n| recovery, max | %.2f s |\n", took[len(took)/2].Seconds(), took[len(took)-1].Seconds())
-	fmt.Fprintf(w, "| trials | %s |\n\n", durations(took))
+	fmt.Fprintf(w, "| trials | %s s |\n\n", ratesMS(seconds(took)))
 	return nil
-}
-
-func durations(ds []time.Duration) string {
-	out := ""
-	for i, d := range ds {
-		if i > 0 {
-			out += ", "
-		}
-		out += fmt.Sprintf("%.2f s", d.Seconds())
-	}
-	return out
 }

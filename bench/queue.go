@@ -381,15 +381,27 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-func rates(v []float64) string {
+func rates(v []float64) string { return joined("%.0f", v) }
+
+// joined formats each value with format, comma separated.
+func joined(format string, v []float64) string {
 	var b []byte
 	for i, x := range v {
 		if i > 0 {
 			b = append(b, ", "...)
 		}
-		b = fmt.Appendf(b, "%.0f", x)
+		b = fmt.Appendf(b, format, x)
 	}
 	return string(b)
+}
+
+// seconds converts durations to seconds.
+func seconds(ds []time.Duration) []float64 {
+	out := make([]float64, len(ds))
+	for i, d := range ds {
+		out[i] = d.Seconds()
+	}
+	return out
 }
 
 // cpuTime is the process's user+system CPU time so far.
@@ -416,13 +428,4 @@ func decodeCost(n int) (float64, error) {
 	return float64((cpuTime() - c0).Microseconds()) / float64(n), nil
 }
 
-func ratesMS(v []float64) string {
-	var b []byte
-	for i, x := range v {
-		if i > 0 {
-			b = append(b, ", "...)
-		}
-		b = fmt.Appendf(b, "%.2f", x)
-	}
-	return string(b)
-}
+func ratesMS(v []float64) string { return joined("%.2f", v) }

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vclq/vclq/internal/simhandler"
+	"github.com/vclq/vclq/internal/wait"
 	"github.com/vclq/vclq/messages"
 	"github.com/vclq/vclq/streams"
 	"github.com/vclq/vclq/worker"
@@ -110,7 +111,7 @@ func takeoverTrial(ctx context.Context, self string, j *jetStream, kv jetstream.
 		}
 		return rec.Worker == node, nil
 	}
-	if err := pollUntil(ctx, 30*time.Second, func() (bool, error) { return admitted(fmt.Sprintf("takeover-a%d", trial)) }); err != nil {
+	if err := wait.Until(ctx, 30*time.Second, 10*time.Millisecond, func(context.Context) (bool, error) { return admitted(fmt.Sprintf("takeover-a%d", trial)) }); err != nil {
 		return 0, fmt.Errorf("node A never started the job: %w", err)
 	}
 	b, err := start(fmt.Sprintf("takeover-b%d", trial))
@@ -123,7 +124,7 @@ func takeoverTrial(ctx context.Context, self string, j *jetStream, kv jetstream.
 	if err := a.Process.Signal(syscall.SIGKILL); err != nil {
 		return 0, err
 	}
-	if err := pollUntil(ctx, time.Minute, func() (bool, error) { return admitted(fmt.Sprintf("takeover-b%d", trial)) }); err != nil {
+	if err := wait.Until(ctx, time.Minute, 10*time.Millisecond, func(context.Context) (bool, error) { return admitted(fmt.Sprintf("takeover-b%d", trial)) }); err != nil {
 		return 0, fmt.Errorf("node B never took the job over: %w", err)
 	}
 	took := time.Since(killed)
@@ -134,21 +135,4 @@ func takeoverTrial(ctx context.Context, self string, j *jetStream, kv jetstream.
 		return 0, err
 	}
 	return took, st.Purge(ctx)
-}
-
-// pollUntil calls done every 10 ms until it reports true, fails, or within passes.
-func pollUntil(ctx context.Context, within time.Duration, done func() (bool, error)) error {
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		ok, err := done()
-		if err != nil || ok {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("not within %s", within)
 }
