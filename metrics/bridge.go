@@ -1,7 +1,6 @@
 package metrics
 
 import (
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,19 +34,13 @@ type Bridge struct {
 	lag        *prometheus.HistogramVec
 	dbErrors   *prometheus.CounterVec
 
-	mu        sync.Mutex
-	checkedIn time.Time
+	checkedIn moment
 }
 
 // NewBridge registers a bridge's metrics on reg.
 func NewBridge(reg prometheus.Registerer) (*Bridge, error) {
 	const sub = "bridge"
-	c := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Subsystem: sub, Name: name, Help: help})
-	}
-	cv := func(name, help string, labels ...string) *prometheus.CounterVec {
-		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Subsystem: sub, Name: name, Help: help}, labels)
-	}
+	c, cv := subsystem(sub).counter, subsystem(sub).counterVec
 	m := &Bridge{
 		claimed:    c("rows_claimed_total", "Request rows claimed (their message published, the claim committed)."),
 		failed:     c("rows_failed_total", "Request rows failed in the database because they cannot become a valid request."),
@@ -60,7 +53,7 @@ func NewBridge(reg prometheus.Registerer) (*Bridge, error) {
 		dbErrors: cv("database_errors_total", "Database errors, by class (transient: retried; permanent: a retry cannot help).", "class"),
 	}
 	age := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Subsystem: sub, Name: "checkin_age_seconds",
-		Help: "Seconds since the last successful check-in of the management nodes (managementnode.lastcheckin; -1: none yet)."}, m.checkinAge)
+		Help: "Seconds since the last successful check-in of the management nodes (managementnode.lastcheckin; -1: none yet)."}, m.checkedIn.age)
 	if err := register(reg, m.claimed, m.failed, m.polls, m.applied, m.terminated, m.lag, m.dbErrors, age); err != nil {
 		return nil, err
 	}
@@ -122,19 +115,7 @@ func (m *Bridge) DatabaseError(class string) {
 
 // CheckedIn records a successful check-in.
 func (m *Bridge) CheckedIn() {
-	if m == nil {
-		return
+	if m != nil {
+		m.checkedIn.mark()
 	}
-	m.mu.Lock()
-	m.checkedIn = time.Now()
-	m.mu.Unlock()
-}
-
-func (m *Bridge) checkinAge() float64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.checkedIn.IsZero() {
-		return -1
-	}
-	return time.Since(m.checkedIn).Seconds()
 }

@@ -65,22 +65,13 @@ type Worker struct {
 	hostErrors   *prometheus.CounterVec
 
 	queueDepth, ackPending, redelivering prometheus.Gauge
-	queueInfoMu                          sync.Mutex
-	queueInfoAt                          time.Time
+	queueInfoAt                          moment
 }
 
 // NewWorker registers a worker's metrics on reg.
 func NewWorker(reg prometheus.Registerer) (*Worker, error) {
 	const sub = "worker"
-	g := func(name, help string) prometheus.Gauge {
-		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace, Subsystem: sub, Name: name, Help: help})
-	}
-	c := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Subsystem: sub, Name: name, Help: help})
-	}
-	cv := func(name, help string, labels ...string) *prometheus.CounterVec {
-		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Subsystem: sub, Name: name, Help: help}, labels)
-	}
+	g, c, cv := subsystem(sub).gauge, subsystem(sub).counter, subsystem(sub).counterVec
 	m := &Worker{
 		inFlight:  g("jobs_in_flight", "Jobs this worker is processing (each holds a job slot)."),
 		slotsFree: g("job_slots_free", "Job slots of this worker not held by a job."),
@@ -108,7 +99,7 @@ func NewWorker(reg prometheus.Registerer) (*Worker, error) {
 		redelivering: g("redelivered_pending", "Requests waiting for redelivery (NumRedelivered), refreshed in the background."),
 	}
 	age := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Subsystem: sub, Name: "queue_info_age_seconds",
-		Help: "Seconds since the queue gauges were last refreshed from the consumer info (-1: never)."}, m.queueInfoAge)
+		Help: "Seconds since the queue gauges were last refreshed from the consumer info (-1: never)."}, m.queueInfoAt.age)
 	err := register(reg, m.inFlight, m.slotsFree, m.slots, m.jobDuration, m.stepDuration, m.results, m.redeliveries,
 		m.stale, m.superseded, m.renewals, m.renewFails, m.leaseLosses, m.deadLetters, m.hostInFlight, m.hostCalls,
 		m.hostErrors, m.queueDepth, m.ackPending, m.redelivering, age)
@@ -267,16 +258,5 @@ func (m *Worker) QueueInfo(pending, ackPending, redelivered uint64) {
 	m.queueDepth.Set(float64(pending))
 	m.ackPending.Set(float64(ackPending))
 	m.redelivering.Set(float64(redelivered))
-	m.queueInfoMu.Lock()
-	m.queueInfoAt = time.Now()
-	m.queueInfoMu.Unlock()
-}
-
-func (m *Worker) queueInfoAge() float64 {
-	m.queueInfoMu.Lock()
-	defer m.queueInfoMu.Unlock()
-	if m.queueInfoAt.IsZero() {
-		return -1
-	}
-	return time.Since(m.queueInfoAt).Seconds()
+	m.queueInfoAt.mark()
 }
