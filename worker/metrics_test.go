@@ -3,17 +3,13 @@ package worker_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vclq/vclq/health"
-	"github.com/vclq/vclq/internal/natsembed"
 	"github.com/vclq/vclq/internal/promtest"
 	"github.com/vclq/vclq/internal/simhandler"
 	"github.com/vclq/vclq/internal/testutil"
@@ -197,33 +193,7 @@ func TestMetricsMoveWithTheWork(t *testing.T) {
 // with the reason while its NATS server is down, and 200 again once the server is
 // back on the same port and store directory; /healthz stays 200 throughout.
 func TestReadyzFollowsNATS(t *testing.T) {
-	dir := t.TempDir()
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := srv.Addr().(*net.TCPAddr).Port
-	servers := []*natsembed.Server{srv}
-	t.Cleanup(func() {
-		for _, s := range servers {
-			s.Stop()
-		}
-	})
-	nc, err := nats.Connect(srv.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := streams.Ensure(ctx, js, streams.Options{AckWait: 3 * time.Second, MaxDeliver: 3}); err != nil {
-		t.Fatal(err)
-	}
-	j := &testutil.JetStream{Server: srv, URL: srv.URL(), NC: nc, JS: js}
+	j := startJS(t, streams.Options{})
 	_, addr, _ := startMetricsPool(t, j, sim(t, ""), worker.Config{ID: "ready-w1", Concurrency: 2})
 
 	ready := func(want int, wantBody string) func() error {
@@ -251,14 +221,8 @@ func TestReadyzFollowsNATS(t *testing.T) {
 		body   string
 	}{
 		{"running", func() {}, http.StatusOK, "nats: ok\nconsumer: ok\nconfig: ok\n"},
-		{"NATS stopped", func() { srv.Stop() }, http.StatusServiceUnavailable, "nats: not connected"},
-		{"NATS back", func() {
-			s2, err := natsembed.Start(natsembed.Options{Port: port, StoreDir: dir})
-			if err != nil {
-				t.Fatalf("restart on port %d: %v", port, err)
-			}
-			servers = append(servers, s2)
-		}, http.StatusOK, "nats: ok\nconsumer: ok\nconfig: ok\n"},
+		{"NATS stopped", j.Stop, http.StatusServiceUnavailable, "nats: not connected"},
+		{"NATS back", func() { j.Restart(t) }, http.StatusOK, "nats: ok\nconsumer: ok\nconfig: ok\n"},
 	}
 	for _, s := range steps {
 		start := time.Now()

@@ -5,6 +5,7 @@ package testutil
 import (
 	"bytes"
 	"context"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -22,18 +23,36 @@ type JetStream struct {
 	URL    string
 	NC     *nats.Conn
 	JS     jetstream.JetStream
+
+	storeDir string
+	port     int
+}
+
+// Stop stops the server, keeping its store (an outage; NC reconnects after Restart).
+func (j *JetStream) Stop() { j.Server.Stop() }
+
+// Restart starts the stopped server again on the same port and store directory.
+func (j *JetStream) Restart(t testing.TB) {
+	t.Helper()
+	s, err := natsembed.Start(natsembed.Options{Port: j.port, StoreDir: j.storeDir})
+	if err != nil {
+		t.Fatalf("restart nats-server on port %d: %v", j.port, err)
+	}
+	t.Cleanup(s.Stop)
+	j.Server = s
 }
 
 // StartJetStream starts an embedded nats-server with JetStream in t.TempDir(), connects
 // to it, and stops both when the test ends.
 func StartJetStream(t testing.TB) *JetStream {
 	t.Helper()
-	s, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir()})
+	dir := t.TempDir()
+	s, err := natsembed.Start(natsembed.Options{StoreDir: dir})
 	if err != nil {
 		t.Fatalf("start nats-server: %v", err)
 	}
 	t.Cleanup(s.Stop)
-	nc, err := nats.Connect(s.URL(), nats.Name("vclq-test"), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(s.URL(), nats.Name("vclq-test"), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatalf("connect %s: %v", s.URL(), err)
 	}
@@ -42,7 +61,7 @@ func StartJetStream(t testing.TB) *JetStream {
 	if err != nil {
 		t.Fatalf("jetstream: %v", err)
 	}
-	return &JetStream{Server: s, URL: s.URL(), NC: nc, JS: js}
+	return &JetStream{Server: s, URL: s.URL(), NC: nc, JS: js, storeDir: dir, port: s.Addr().(*net.TCPAddr).Port}
 }
 
 // StartVCLJetStream is StartJetStream with vclq's streams, consumers and buckets
